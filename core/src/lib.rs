@@ -1,0 +1,8 @@
+//! omstream-core: the OpenMessaging API and its drivers, on which omstream's runtime, state and
+//! checkpoints are built.
+//!
+//! - [`oms`]: the OMS API (`AccessPointUri`, `KeyValue`, `Message`, `Producer`, the consumers,
+//!   `ResourceManager`) and the drivers, `embedded` first.
+#![deny(missing_docs)]
+
+pub mod oms;

@@ -1,0 +1,273 @@
+//! The embedded driver's producer backend.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::log::PartitionLog;
+use super::record::{self, EncodedBatch};
+use super::staged;
+use super::store::QueueHandle;
+use super::Shared;
+use crate::oms::{
+    body_too_large, now_millis, Message, OmsError, OmsStatus, PreparedTransaction, ProducerBackend, Result, SendResult,
+    TransactionState, TransactionStateCheckListener,
+};
+
+/// How often a transactional producer looks for transactions left open by producers that died.
+const TRANSACTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+pub(crate) struct EmbeddedProducer {
+    shared: Arc<Shared>,
+    round_robin: AtomicU32,
+    listener: Option<Arc<dyn TransactionStateCheckListener>>,
+    checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl EmbeddedProducer {
+    pub(crate) fn new(shared: Arc<Shared>, listener: Option<Arc<dyn TransactionStateCheckListener>>) -> Self {
+        Self { shared, round_robin: AtomicU32::new(0), listener, checker: Mutex::new(None) }
+    }
+}
+
+/// The partition of a message: the one it names, else its key's hash, else `sticky` (one
+/// partition per batch for unkeyed messages, so a batch stays one append).
+fn choose_partition(queue: &QueueHandle, message: &Message, sticky: u32) -> Result<i32> {
+    let n = queue.partitions.len() as u32;
+    if let Some(p) = message.extension_header.partition {
+        queue.partition(p)?;
+        return Ok(p);
+    }
+    Ok(match message.key() {
+        Some(key) => (crc32fast::hash(key.as_bytes()) % n) as i32,
+        None => (sticky % n) as i32,
+    })
+}
+
+fn check_size(shared: &Shared, message: &Message) -> Result<()> {
+    let max = shared.config.max_message_bytes;
+    if message.data.len() > max {
+        return Err(body_too_large(message.destination(), message.data.len(), max));
+    }
+    let headers = record::encoded_len(message) - message.data.len();
+    if headers > (1 << 20) {
+        return Err(OmsError::message_format(
+            OmsStatus::MESSAGE_ATTRIBUTES_TOO_LARGE,
+            format!("a message for queue '{}' has {headers} bytes of headers and properties, over the 1 MiB limit", message.destination()),
+        ));
+    }
+    Ok(())
+}
+
+fn send_blocking(shared: &Shared, messages: Vec<Message>, sticky: u32) -> Result<Vec<SendResult>> {
+    let now = now_millis();
+    let mut results: Vec<Option<SendResult>> = vec![None; messages.len()];
+    let mut batches: Vec<(Arc<QueueHandle>, Arc<PartitionLog>, EncodedBatch, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<(String, i32), usize> = HashMap::new();
+    let mut delayed = Vec::new();
+    // Validate and encode everything before writing anything: a bad message fails the whole
+    // call and nothing is stored.
+    for (i, m) in messages.iter().enumerate() {
+        check_size(shared, m)?;
+        let queue = shared.store.queue(m.destination())?;
+        let p = choose_partition(&queue, m, sticky)?;
+        if let Some(due) = staged::due_time(m, now) {
+            delayed.push((i, queue, p, due));
+            continue;
+        }
+        let slot = *index.entry((queue.name.clone(), p)).or_insert_with(|| {
+            let log = Arc::clone(&queue.partitions[p as usize]);
+            batches.push((queue.clone(), log, EncodedBatch::default(), Vec::new()));
+            batches.len() - 1
+        });
+        batches[slot].2.push_message(m, false);
+        batches[slot].3.push(i);
+    }
+    let opts = shared.write_options();
+    for (queue, log, mut batch, idx) in batches {
+        let (first, _) = log.append(&mut batch, opts).inspect_err(|e| {
+            if e.status() == OmsStatus::DESTINATION_NOT_FOUND {
+                shared.store.forget(&queue.name);
+            }
+        })?;
+        for (j, i) in idx.into_iter().enumerate() {
+            let offset = first + j as i64;
+            results[i] = Some(SendResult {
+                message_id: record::message_id(log.queue_id, log.partition, offset),
+                queue: queue.name.clone(),
+                partition: log.partition,
+                offset,
+            });
+        }
+    }
+    for (i, queue, p, due) in delayed {
+        let mut m = messages[i].clone();
+        let id = staged::new_id();
+        m.header.message_id = Some(id.clone());
+        let log = &queue.partitions[p as usize];
+        staged::stage(log, &staged::delayed_name(due, &id), &m, shared.config.fsync == super::FsyncPolicy::Always)?;
+        results[i] = Some(SendResult { message_id: id, queue: queue.name.clone(), partition: p, offset: -1 });
+    }
+    results.into_iter().map(|r| r.ok_or_else(|| OmsError::storage("a message of the batch was not stored"))).collect()
+}
+
+/// Resolves the prepared transactions that no live producer holds, through `listener`.
+/// Returns how many were committed or rolled back.
+pub(crate) fn recover_transactions(shared: &Shared, listener: &dyn TransactionStateCheckListener) -> Result<usize> {
+    let mut resolved = 0;
+    for name in shared.store.list_queues(None)? {
+        let queue = match shared.store.queue(&name) {
+            Ok(q) => q,
+            Err(e) if e.status() == OmsStatus::DESTINATION_NOT_FOUND => continue,
+            Err(e) => return Err(e),
+        };
+        for log in &queue.partitions {
+            for path in staged::prepared_files(log)? {
+                let Some(lock) = staged::lock_prepared(&path)? else { continue };
+                let Some(message) = staged::read_staged(log, &path)? else { continue };
+                match listener.check(&message) {
+                    TransactionState::Commit => {
+                        finish_commit(shared, log, &path, &message)?;
+                        resolved += 1;
+                    }
+                    TransactionState::Rollback => {
+                        staged::discard(&path)?;
+                        resolved += 1;
+                    }
+                    TransactionState::Unknown => {}
+                }
+                drop(lock);
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// Publishes a prepared message (or schedules it, if it is delayed); returns its offset, `-1`
+/// when delayed.
+fn finish_commit(shared: &Shared, log: &Arc<PartitionLog>, path: &std::path::Path, message: &Message) -> Result<i64> {
+    if let Some(due) = staged::due_time(message, now_millis()) {
+        let id = message.message_id().unwrap_or_default();
+        let target = path.with_file_name(staged::delayed_name(due, id));
+        std::fs::rename(path, &target).map_err(|e| OmsError::io("schedule", path, e))?;
+        return Ok(-1);
+    }
+    staged::publish(log, path, shared.write_options())?.ok_or_else(|| {
+        OmsError::transaction(OmsStatus::BAD_REQUEST, "the transaction was already resolved (committed or rolled back elsewhere)")
+    })
+}
+
+#[async_trait]
+impl ProducerBackend for EmbeddedProducer {
+    fn driver_name(&self) -> &str {
+        "embedded"
+    }
+
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>> {
+        let sticky = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        if self.shared.config.fsync == super::FsyncPolicy::Always {
+            // fsync takes milliseconds: keep it off the async worker threads.
+            let shared = Arc::clone(&self.shared);
+            return tokio::task::spawn_blocking(move || send_blocking(&shared, messages, sticky))
+                .await
+                .map_err(|e| OmsError::storage(format!("the send task failed: {e}")))?;
+        }
+        // Without fsync an append is a memory copy into the page cache: cheaper than a thread hop.
+        send_blocking(&self.shared, messages, sticky)
+    }
+
+    async fn prepare(&self, mut message: Message) -> Result<Box<dyn PreparedTransaction>> {
+        if self.listener.is_none() {
+            return Err(OmsError::transaction(
+                OmsStatus::BAD_REQUEST,
+                "this producer cannot prepare transactions; create it with create_transactional_producer and a check listener",
+            ));
+        }
+        check_size(&self.shared, &message)?;
+        let queue = self.shared.store.queue(message.destination())?;
+        let sticky = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let p = choose_partition(&queue, &message, sticky)?;
+        let log = Arc::clone(&queue.partitions[p as usize]);
+        let transaction_id = staged::new_id();
+        message.header.message_id = Some(staged::new_id());
+        message.extension_header.transaction_id = Some(transaction_id.clone());
+        let fsync = self.shared.config.fsync == super::FsyncPolicy::Always;
+        let (path, lock) = staged::stage_prepared(&log, &transaction_id, &message, fsync)?;
+        Ok(Box::new(EmbeddedTransaction { shared: Arc::clone(&self.shared), log, path, lock, transaction_id, message }))
+    }
+
+    async fn start(&self) -> Result<()> {
+        let Some(listener) = self.listener.clone() else { return Ok(()) };
+        recover_transactions(&self.shared, listener.as_ref())?;
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRANSACTION_CHECK_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(err) = recover_transactions(&shared, listener.as_ref()) {
+                    tracing::warn!(%err, "checking open transactions failed; retrying later");
+                }
+            }
+        });
+        if let Some(old) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).replace(task) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<()> {
+        if let Some(task) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedProducer {
+    fn drop(&mut self) {
+        if let Some(task) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct EmbeddedTransaction {
+    shared: Arc<Shared>,
+    log: Arc<PartitionLog>,
+    path: PathBuf,
+    /// Held until the transaction is decided: it tells other processes the producer is alive.
+    lock: File,
+    transaction_id: String,
+    message: Message,
+}
+
+#[async_trait]
+impl PreparedTransaction for EmbeddedTransaction {
+    fn transaction_id(&self) -> &str {
+        &self.transaction_id
+    }
+
+    async fn commit(self: Box<Self>) -> Result<SendResult> {
+        let offset = finish_commit(&self.shared, &self.log, &self.path, &self.message)?;
+        drop(self.lock);
+        Ok(SendResult {
+            message_id: self.message.message_id().unwrap_or_default().to_string(),
+            queue: self.log.queue.clone(),
+            partition: self.log.partition,
+            offset,
+        })
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        staged::discard(&self.path)?;
+        drop(self.lock);
+        Ok(())
+    }
+}

@@ -1,0 +1,430 @@
+//! The on-disk record format of a partition segment.
+//!
+//! ```text
+//! u32 len      bytes after the crc field (so a record is 8 + len bytes)
+//! u32 crc      CRC-32 of those bytes
+//! u64 offset   the record's offset in the partition (for a roll marker: the next segment's base)
+//! i64 stored   store timestamp, ms since the epoch, non-decreasing in a partition
+//! u8  kind     0 = message, 1 = roll marker (the segment ends; continue in the next one)
+//! ... payload  for a message, see `encode_payload`
+//! ```
+//! All integers are little-endian. The CRC covers the offset and timestamp too, so a record whose
+//! header was written but whose body was torn is detected.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::oms::{KeyValue, Message, Qos};
+
+/// Bytes before the payload.
+pub(crate) const HEADER_LEN: usize = 25;
+/// A message record.
+pub(crate) const KIND_MESSAGE: u8 = 0;
+/// The end of a segment: the next record is at the start of segment `offset`.
+pub(crate) const KIND_ROLL: u8 = 1;
+
+const F_MESSAGE_ID: u16 = 1;
+const F_BORN_HOST: u16 = 1 << 1;
+const F_QOS: u16 = 1 << 2;
+const F_COMPRESSION: u16 = 1 << 3;
+const F_KEY: u16 = 1 << 4;
+const F_CORRELATION: u16 = 1 << 5;
+const F_TRANSACTION: u16 = 1 << 6;
+const F_DELAY: u16 = 1 << 7;
+const F_EXPIRE: u16 = 1 << 8;
+const F_TRACE: u16 = 1 << 9;
+const F_PRIORITY: u16 = 1 << 10;
+const F_PROPERTIES: u16 = 1 << 11;
+const F_KNOWN: u16 = (1 << 12) - 1;
+
+/// The fixed part of a record, as read from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordHeader {
+    /// Total record length, prefix included.
+    pub(crate) total_len: usize,
+    pub(crate) crc: u32,
+    pub(crate) offset: i64,
+    pub(crate) stored: i64,
+    pub(crate) kind: u8,
+}
+
+/// What a byte slice at a record boundary holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// A whole, valid record.
+    Record(RecordHeader),
+    /// Not enough bytes yet for the record (or its header).
+    Incomplete,
+    /// Bytes that are not a valid record: a bad length or a CRC mismatch.
+    Invalid(&'static str),
+}
+
+/// Parses the record that starts at `buf[0]`, checking its CRC when `verify` is set.
+pub(crate) fn parse(buf: &[u8], max_record: usize, verify: bool) -> Parsed {
+    if buf.len() < 8 {
+        return Parsed::Incomplete;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
+    if len < HEADER_LEN - 8 || len > max_record {
+        return Parsed::Invalid("impossible record length");
+    }
+    let total_len = 8 + len;
+    if buf.len() < total_len {
+        return Parsed::Incomplete;
+    }
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+    if verify && crc32fast::hash(&buf[8..total_len]) != crc {
+        return Parsed::Invalid("checksum mismatch");
+    }
+    let kind = buf[24];
+    if kind != KIND_MESSAGE && kind != KIND_ROLL {
+        return Parsed::Invalid("unknown record kind");
+    }
+    Parsed::Record(RecordHeader {
+        total_len,
+        crc,
+        offset: i64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()),
+        stored: i64::from_le_bytes(buf[16..24].try_into().unwrap_or_default()),
+        kind,
+    })
+}
+
+/// Records encoded outside the partition lock; offsets, timestamps and CRCs are filled in under
+/// it by [`EncodedBatch::seal`].
+#[derive(Debug, Default)]
+pub(crate) struct EncodedBatch {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) starts: Vec<usize>,
+}
+
+impl EncodedBatch {
+    /// Appends `message` as a message record with placeholders for offset, time and CRC.
+    pub(crate) fn push_message(&mut self, message: &Message, explicit_id: bool) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; HEADER_LEN]);
+        self.buf[start + 24] = KIND_MESSAGE;
+        encode_payload(&mut self.buf, message, explicit_id);
+        let len = (self.buf.len() - start - 8) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.starts.push(start);
+    }
+
+    /// Appends a roll marker pointing at segment `next_base`.
+    pub(crate) fn push_roll(&mut self, next_base: i64, stored: i64) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; HEADER_LEN]);
+        self.buf[start..start + 4].copy_from_slice(&((HEADER_LEN - 8) as u32).to_le_bytes());
+        self.buf[start + 8..start + 16].copy_from_slice(&next_base.to_le_bytes());
+        self.buf[start + 16..start + 24].copy_from_slice(&stored.to_le_bytes());
+        self.buf[start + 24] = KIND_ROLL;
+        let crc = crc32fast::hash(&self.buf[start + 8..]);
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.starts.push(start);
+    }
+
+    /// The number of records.
+    pub(crate) fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Gives the message records consecutive offsets from `first_offset`, the store time
+    /// `stored`, and their CRCs.
+    pub(crate) fn seal(&mut self, first_offset: i64, stored: i64) {
+        for (i, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.buf.len());
+            let rec = &mut self.buf[start..end];
+            rec[8..16].copy_from_slice(&(first_offset + i as i64).to_le_bytes());
+            rec[16..24].copy_from_slice(&stored.to_le_bytes());
+            let crc = crc32fast::hash(&rec[8..]);
+            rec[4..8].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Encodes the parts of a message the store keeps. Destination, partition, offset and store
+/// time are known from where the record sits; the id is kept only when `explicit_id` (staged
+/// messages get theirs before they have an offset).
+pub(crate) fn encode_payload(buf: &mut Vec<u8>, m: &Message, explicit_id: bool) {
+    let h = &m.header;
+    let x = &m.extension_header;
+    let mut flags = 0u16;
+    let explicit_id = if explicit_id { h.message_id.as_deref() } else { None };
+    let opt = |flag: u16, present: bool, flags: &mut u16| {
+        if present {
+            *flags |= flag;
+        }
+    };
+    opt(F_MESSAGE_ID, explicit_id.is_some(), &mut flags);
+    opt(F_BORN_HOST, h.born_host.is_some(), &mut flags);
+    opt(F_QOS, h.qos.is_some(), &mut flags);
+    opt(F_COMPRESSION, h.compression.is_some(), &mut flags);
+    opt(F_KEY, x.message_key.is_some(), &mut flags);
+    opt(F_CORRELATION, x.correlation_id.is_some(), &mut flags);
+    opt(F_TRANSACTION, x.transaction_id.is_some(), &mut flags);
+    opt(F_DELAY, x.delay_time.is_some(), &mut flags);
+    opt(F_EXPIRE, x.expire_time.is_some(), &mut flags);
+    opt(F_TRACE, x.trace_id.is_some(), &mut flags);
+    opt(F_PRIORITY, x.priority.is_some(), &mut flags);
+    opt(F_PROPERTIES, !m.properties.is_empty(), &mut flags);
+    buf.extend_from_slice(&flags.to_le_bytes());
+    buf.extend_from_slice(&h.born_timestamp.unwrap_or(0).to_le_bytes());
+    if let Some(id) = explicit_id {
+        put_str(buf, id);
+    }
+    if let Some(v) = &h.born_host {
+        put_str(buf, v);
+    }
+    if let Some(q) = h.qos {
+        buf.push(u8::from(q));
+    }
+    for v in [&h.compression, &x.message_key, &x.correlation_id, &x.transaction_id].into_iter().flatten() {
+        put_str(buf, v);
+    }
+    if let Some(d) = x.delay_time {
+        buf.extend_from_slice(&(d.as_millis() as u64).to_le_bytes());
+    }
+    if let Some(e) = x.expire_time {
+        buf.extend_from_slice(&e.to_le_bytes());
+    }
+    if let Some(v) = &x.trace_id {
+        put_str(buf, v);
+    }
+    if let Some(p) = x.priority {
+        buf.push(p);
+    }
+    if !m.properties.is_empty() {
+        buf.extend_from_slice(&(m.properties.len() as u32).to_le_bytes());
+        for (k, v) in m.properties.iter() {
+            put_str(buf, k);
+            put_str(buf, v);
+        }
+    }
+    buf.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&m.data);
+}
+
+/// The size of the payload of `m` once encoded, without the record header.
+pub(crate) fn encoded_len(m: &Message) -> usize {
+    let s = |v: &Option<String>| v.as_ref().map_or(0, |s| 4 + s.len());
+    let h = &m.header;
+    let x = &m.extension_header;
+    2 + 8
+        + s(&h.message_id)
+        + s(&h.born_host)
+        + 1
+        + s(&h.compression)
+        + s(&x.message_key)
+        + s(&x.correlation_id)
+        + s(&x.transaction_id)
+        + 8
+        + 8
+        + s(&x.trace_id)
+        + 1
+        + 4
+        + m.properties.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+        + 4
+        + m.data.len()
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("payload ends early")?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "short u32")?))
+    }
+    fn i64(&mut self) -> Result<i64, &'static str> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "short i64")?))
+    }
+    fn string(&mut self) -> Result<String, &'static str> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).map(str::to_owned).map_err(|_| "a header is not UTF-8")
+    }
+}
+
+/// Where a decoded message sits, to fill in its server-side headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) queue_id: u32,
+    pub(crate) partition: i32,
+    pub(crate) store_host: &'a str,
+}
+
+/// The id of a message stored at `offset` (28 hex digits: queue, partition, offset).
+pub(crate) fn message_id(queue_id: u32, partition: i32, offset: i64) -> String {
+    format!("{queue_id:08X}{:04X}{offset:016X}", partition as u16)
+}
+
+/// Decodes the message record `rec` found at the start of `chunk` (whose body is shared, not
+/// copied, when `chunk` is a `Bytes`).
+pub(crate) fn decode_message(
+    chunk: &Bytes,
+    rec: &RecordHeader,
+    at: Placement<'_>,
+) -> Result<Message, &'static str> {
+    let payload = &chunk[HEADER_LEN..rec.total_len];
+    let mut c = Cursor { buf: payload, pos: 0 };
+    let flags = u16::from_le_bytes(c.take(2)?.try_into().map_err(|_| "short flags")?);
+    if flags & !F_KNOWN != 0 {
+        return Err("unknown header flags (written by a newer omstream?)");
+    }
+    let has = |f: u16| flags & f != 0;
+    let mut m = Message::new(at.queue, Bytes::new());
+    let born = c.i64()?;
+    m.header.born_timestamp = Some(born);
+    m.header.message_id =
+        Some(if has(F_MESSAGE_ID) { c.string()? } else { message_id(at.queue_id, at.partition, rec.offset) });
+    if has(F_BORN_HOST) {
+        m.header.born_host = Some(c.string()?);
+    }
+    if has(F_QOS) {
+        m.header.qos = Some(Qos::try_from(c.u8()?).map_err(|_| "bad qos")?);
+    }
+    if has(F_COMPRESSION) {
+        m.header.compression = Some(c.string()?);
+    }
+    let x = &mut m.extension_header;
+    if has(F_KEY) {
+        x.message_key = Some(c.string()?);
+    }
+    if has(F_CORRELATION) {
+        x.correlation_id = Some(c.string()?);
+    }
+    if has(F_TRANSACTION) {
+        x.transaction_id = Some(c.string()?);
+    }
+    if has(F_DELAY) {
+        x.delay_time = Some(Duration::from_millis(c.i64()? as u64));
+    }
+    if has(F_EXPIRE) {
+        x.expire_time = Some(c.i64()?);
+    }
+    if has(F_TRACE) {
+        x.trace_id = Some(c.string()?);
+    }
+    if has(F_PRIORITY) {
+        x.priority = Some(c.u8()?);
+    }
+    if has(F_PROPERTIES) {
+        let n = c.u32()? as usize;
+        let mut props = KeyValue::new();
+        for _ in 0..n {
+            let k = c.string()?;
+            let v = c.string()?;
+            props.put(k, v);
+        }
+        m.properties = props;
+    }
+    let n = c.u32()? as usize;
+    let start = HEADER_LEN + c.pos;
+    c.take(n)?;
+    if c.pos != payload.len() {
+        return Err("trailing bytes after the body");
+    }
+    m.data = chunk.slice(start..start + n);
+    x.partition = Some(at.partition);
+    x.offset = Some(rec.offset);
+    x.store_timestamp = Some(rec.stored);
+    x.store_host = Some(at.store_host.to_string());
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_message() -> Message {
+        let mut m = Message::new("q", "body")
+            .with_key("k")
+            .with_property("a", "1")
+            .with_property("b", "two")
+            .with_delay(Duration::from_millis(1500))
+            .with_expire_time(99);
+        m.header.born_timestamp = Some(123);
+        m.header.born_host = Some("h:1".into());
+        m.header.qos = Some(Qos::AtMostOnce);
+        m.header.compression = Some("gzip".into());
+        m.header.message_id = Some("ID".into());
+        m.extension_header.correlation_id = Some("c".into());
+        m.extension_header.transaction_id = Some("t".into());
+        m.extension_header.trace_id = Some("tr".into());
+        m.extension_header.priority = Some(7);
+        m
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let m = full_message();
+        let mut batch = EncodedBatch::default();
+        batch.push_message(&m, true);
+        batch.seal(41, 1000);
+        let chunk = Bytes::from(batch.buf.clone());
+        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else { panic!("not a record") };
+        assert_eq!((rec.offset, rec.stored, rec.kind, rec.total_len), (41, 1000, KIND_MESSAGE, chunk.len()));
+        assert_eq!(encoded_len(&m), chunk.len() - HEADER_LEN);
+        let at = Placement { queue: "q", queue_id: 7, partition: 3, store_host: "s" };
+        let back = decode_message(&chunk, &rec, at).unwrap();
+        let mut expected = m.clone();
+        expected.extension_header.partition = Some(3);
+        expected.extension_header.offset = Some(41);
+        expected.extension_header.store_timestamp = Some(1000);
+        expected.extension_header.store_host = Some("s".into());
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn implicit_ids_come_from_the_position() {
+        let mut batch = EncodedBatch::default();
+        batch.push_message(&Message::new("q", "x"), false);
+        batch.seal(255, 1);
+        let chunk = Bytes::from(batch.buf);
+        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else { panic!() };
+        let at = Placement { queue: "q", queue_id: 1, partition: 2, store_host: "s" };
+        assert_eq!(decode_message(&chunk, &rec, at).unwrap().message_id(), Some("00000001000200000000000000FF"));
+    }
+
+    #[test]
+    fn torn_and_corrupt_records_are_detected() {
+        let mut batch = EncodedBatch::default();
+        batch.push_message(&full_message(), false);
+        batch.seal(0, 0);
+        let bytes = batch.buf;
+        for cut in 0..bytes.len() {
+            assert_eq!(parse(&bytes[..cut], 1 << 20, true), Parsed::Incomplete, "cut at {cut}");
+        }
+        for i in 4..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x40;
+            assert!(matches!(parse(&flipped, 1 << 20, true), Parsed::Invalid(_)), "flip at {i}");
+        }
+        let mut huge = bytes.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse(&huge, 1 << 20, true), Parsed::Invalid("impossible record length"));
+    }
+
+    #[test]
+    fn roll_markers_parse() {
+        let mut batch = EncodedBatch::default();
+        batch.push_roll(77, 5);
+        let Parsed::Record(rec) = parse(&batch.buf, 1 << 20, true) else { panic!() };
+        assert_eq!((rec.kind, rec.offset, rec.stored), (KIND_ROLL, 77, 5));
+    }
+}
