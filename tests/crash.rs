@@ -1,0 +1,201 @@
+//! Real crash and concurrency tests of the embedded queue: child processes write, are killed
+//! with SIGKILL at random moments, or write to one partition at the same time; the parent
+//! checks that every acknowledged message is there exactly once, in order per partition.
+//!
+//! The children are this test binary run again with `OMSTREAM_TEST_CHILD` set, executing the
+//! ignored `child_producer` test.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use omstream::oms::embedded::EMBEDDED_DIR;
+use omstream::oms::{connect, KeyValue, Message, QueueConfig, SeekPosition, ServiceLifecycle};
+use rand::Rng;
+
+const QUEUE: &str = "crash";
+
+fn attrs(root: &Path) -> KeyValue {
+    // Small segments so that kills also land during segment rolls.
+    KeyValue::new().with(EMBEDDED_DIR, root.display()).with("EMBEDDED_SEGMENT_BYTES", 64 * 1024)
+}
+
+/// Child: sends batches of sequence-numbered messages forever, printing `ACK <last seq>` after
+/// each send returns. `OMSTREAM_TEST_CHILD` = `<root>|<writer id>|<first seq>|<partition or ->`.
+#[test]
+#[ignore = "run only as a child process of the tests below"]
+fn child_producer() {
+    let Ok(spec) = std::env::var("OMSTREAM_TEST_CHILD") else { return };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (root, writer, first): (&str, u32, u64) = (parts[0], parts[1].parse().unwrap(), parts[2].parse().unwrap());
+    let partition: Option<i32> = parts[3].parse().ok();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ap = connect("oms:embedded://localhost/crash", attrs(Path::new(root))).await.unwrap();
+        let producer = ap.create_producer(KeyValue::new()).await.unwrap();
+        producer.start().await.unwrap();
+        let mut seq = first;
+        loop {
+            let batch: Vec<Message> = (0..50)
+                .map(|i| {
+                    let s = seq + i;
+                    let m = Message::new(QUEUE, format!("{writer}:{s}:{}", "p".repeat((s % 97) as usize)));
+                    match partition {
+                        Some(p) => m.with_partition(p),
+                        None => m.with_key(format!("key-{}", s % 7)),
+                    }
+                })
+                .collect();
+            producer.send_batch(batch).await.unwrap();
+            seq += 50;
+            println!("ACK {}", seq - 1);
+        }
+    });
+}
+
+fn spawn_child(root: &Path, writer: u32, first: u64, partition: Option<i32>) -> Child {
+    let spec = format!("{}|{writer}|{first}|{}", root.display(), partition.map_or("-".to_string(), |p| p.to_string()));
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_producer", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("OMSTREAM_TEST_CHILD", spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Streams the child's `ACK n` lines into a channel.
+fn acks(child: &mut Child) -> mpsc::Receiver<u64> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("ACK ").and_then(|n| n.parse().ok()) {
+                if tx.send(n).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Every message in the queue, per partition, parsed as (writer, seq).
+async fn read_back(root: &Path, partitions: u32) -> BTreeMap<i32, Vec<(u32, u64)>> {
+    let ap = connect("oms:embedded://localhost/crash", attrs(root)).await.unwrap();
+    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+    consumer.start().await.unwrap();
+    let mut out = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let mut reader = consumer.open(QUEUE, p, SeekPosition::Beginning).await.unwrap();
+        let mut got = Vec::new();
+        let mut expected_offset = 0;
+        loop {
+            let batch = reader.poll_batch(10_000, Duration::from_millis(50)).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                assert_eq!(m.offset(), Some(expected_offset), "offsets are dense in partition {p}");
+                expected_offset += 1;
+                let text = std::str::from_utf8(&m.data).unwrap();
+                let mut f = text.split(':');
+                let writer: u32 = f.next().unwrap().parse().unwrap();
+                let seq: u64 = f.next().unwrap().parse().unwrap();
+                assert_eq!(f.next().unwrap().len() as u64, seq % 97, "body of seq {seq} is intact");
+                got.push((writer, seq));
+            }
+        }
+        out.insert(p, got);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ap = connect("oms:embedded://localhost/crash", attrs(root)).await.unwrap();
+    ap.resource_manager().await.unwrap().create_queue(QUEUE, QueueConfig::with_partitions(3)).await.unwrap();
+    let mut rng = rand::rng();
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    for round in 0..8u64 {
+        let first = round * 10_000_000;
+        let mut child = spawn_child(root, round as u32, first, None);
+        let rx = acks(&mut child);
+        // Let it get going, then kill it at a random moment.
+        let _ = rx.recv_timeout(Duration::from_secs(30)).expect("the child acknowledged nothing");
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..300)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let last = rx.try_iter().last().unwrap_or(first);
+        acked.push((first, last.max(first)));
+    }
+    let all = read_back(root, 3).await;
+    let mut seen = HashSet::new();
+    for (p, msgs) in &all {
+        let mut last_per_writer: HashMap<u32, u64> = HashMap::new();
+        for &(writer, seq) in msgs {
+            assert!(seen.insert(seq), "seq {seq} stored twice");
+            if let Some(prev) = last_per_writer.insert(writer, seq) {
+                assert!(seq > prev, "partition {p}: writer {writer} wrote {seq} after {prev}");
+            }
+        }
+    }
+    for (first, last) in acked {
+        for seq in first..=last {
+            assert!(seen.contains(&seq), "acknowledged seq {seq} was lost");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_processes_never_interleave_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ap = connect("oms:embedded://localhost/crash", attrs(root)).await.unwrap();
+    ap.resource_manager().await.unwrap().create_queue(QUEUE, QueueConfig::with_partitions(1)).await.unwrap();
+    // A live reader in this process sees the children's writes without a restart.
+    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+    consumer.start().await.unwrap();
+    let mut live = consumer.open(QUEUE, 0, SeekPosition::Beginning).await.unwrap();
+    let mut children: Vec<(Child, mpsc::Receiver<u64>)> = (0..3u32)
+        .map(|w| {
+            let mut c = spawn_child(root, w, u64::from(w) * 10_000_000, Some(0));
+            let rx = acks(&mut c);
+            (c, rx)
+        })
+        .collect();
+    let mut live_count = 0;
+    while live_count < 3000 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), live.next_batch(10_000))
+            .await
+            .expect("the live reader saw no new messages")
+            .unwrap();
+        live_count += batch.len();
+    }
+    let mut last_acked = Vec::new();
+    for (child, rx) in &mut children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        last_acked.push(rx.try_iter().last());
+    }
+    let all = read_back(root, 1).await;
+    let msgs = &all[&0];
+    let mut per_writer: HashMap<u32, Vec<u64>> = HashMap::new();
+    for &(w, s) in msgs {
+        per_writer.entry(w).or_default().push(s);
+    }
+    for (w, seqs) in &per_writer {
+        let first = u64::from(*w) * 10_000_000;
+        // Each writer's messages are whole batches, contiguous and in order.
+        assert!(seqs.iter().enumerate().all(|(i, s)| *s == first + i as u64), "writer {w} has gaps or reordering");
+        if let Some(Some(last)) = last_acked.get(*w as usize) {
+            assert!(seqs.last().copied().unwrap_or(0) >= *last, "writer {w}: acknowledged {last} missing");
+        }
+    }
+    assert!(per_writer.len() == 3, "all three writers wrote");
+}
