@@ -13,3 +13,8 @@ pub use omstream_core as core;
 pub use omstream_core::oms;
 pub use omstream_operators as operators;
 pub use omstream_sql as sql;
+
+/// The README's code examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
