@@ -135,7 +135,7 @@ impl FromStr for AccessPointUri {
             return Err(illegal(url, "the region after the last '/' is empty"));
         }
         let (account_id, hosts) = match authority.split_once('@') {
-            Some((acc, _)) if acc.is_empty() => return Err(illegal(url, "the account id before '@' is empty")),
+            Some(("", _)) => return Err(illegal(url, "the account id before '@' is empty")),
             Some((acc, hosts)) => (Some(acc.to_string()), hosts),
             None => (None, authority),
         };

@@ -235,7 +235,7 @@ impl PullConsumer for EmbeddedPullConsumer {
         let mut st = self.lock();
         st.bound.retain(|q| !queues.contains(q));
         let bound = st.bound.clone();
-        self.release(&mut st, |c| bound.iter().any(|b| *b == c.queue))
+        self.release(&mut st, |c| bound.contains(&c.queue))
     }
 
     fn bound_queues(&self) -> Vec<String> {

@@ -53,7 +53,7 @@ fn decode_one(log: &PartitionLog, path: &Path, bytes: Vec<u8>) -> Result<Message
     let bad = |why: &str| OmsError::storage(format!("staged message {} is corrupt ({why}); delete it", path.display()));
     match record::parse(&chunk, chunk.len(), true) {
         Parsed::Record(rec) if rec.total_len == chunk.len() => {
-            record::decode_message(&chunk, &rec, log.placement()).map_err(|why| bad(why))
+            record::decode_message(&chunk, &rec, log.placement()).map_err(&bad)
         }
         Parsed::Invalid(why) => Err(bad(why)),
         _ => Err(bad("wrong length")),
