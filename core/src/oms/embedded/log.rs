@@ -13,18 +13,20 @@
 //! by the next writer (under the lock), and the bytes after it are never served.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
 
 use super::record::{self, EncodedBatch, Parsed, Placement, HEADER_LEN, KIND_ROLL};
 use crate::oms::{now_millis, Message, OmsError, Result, RetentionPolicy};
 
 const READ_CHUNK: usize = 1 << 20;
+/// The most messages a reader makes room for at once.
+const MAX_RESERVE: usize = 1 << 16;
 
 /// The path of segment `base` in `dir`.
 pub(crate) fn segment_path(dir: &Path, base: i64) -> PathBuf {
@@ -42,7 +44,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<i64>> {
     for entry in entries {
         let entry = entry.map_err(|e| OmsError::io("list", dir, e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else { continue };
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+            continue;
+        };
         if let Ok(base) = stem.parse::<i64>() {
             bases.push(base);
         }
@@ -69,16 +73,34 @@ enum ScanEnd {
 
 /// Reads the records of segment `path` from `tail.len` on, advancing `tail` past every valid one.
 fn scan_segment(path: &Path, tail: &mut Tail, max_record: usize) -> Result<ScanEnd> {
+    // Every append catches up first, and almost always nothing is new: a `stat` tells, without
+    // opening the file or zeroing a read buffer.
+    let size = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ScanEnd::Eof),
+        Err(e) => return Err(OmsError::io("stat", path, e)),
+    };
+    if size <= tail.len {
+        return Ok(ScanEnd::Eof);
+    }
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ScanEnd::Eof),
         Err(e) => return Err(OmsError::io("open", path, e)),
     };
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Sized to what is there now (the buffer grows if the file grows meanwhile).
+    let mut buf = vec![
+        0u8;
+        usize::try_from(size - tail.len)
+            .unwrap_or(READ_CHUNK)
+            .clamp(HEADER_LEN, READ_CHUNK)
+    ];
     let mut filled = 0usize;
     let mut file_pos = tail.len;
     loop {
-        let n = file.read_at(&mut buf[filled..], file_pos + filled as u64).map_err(|e| OmsError::io("read", path, e))?;
+        let n = file
+            .read_at(&mut buf[filled..], file_pos + filled as u64)
+            .map_err(|e| OmsError::io("read", path, e))?;
         filled += n;
         let mut at = 0usize;
         loop {
@@ -93,14 +115,22 @@ fn scan_segment(path: &Path, tail: &mut Tail, max_record: usize) -> Result<ScanE
                     tail.last_stored = tail.last_stored.max(rec.stored);
                 }
                 Parsed::Incomplete => break,
-                Parsed::Invalid(why) => return Ok(ScanEnd::Invalid { pos: file_pos + at as u64, why }),
+                Parsed::Invalid(why) => {
+                    return Ok(ScanEnd::Invalid {
+                        pos: file_pos + at as u64,
+                        why,
+                    })
+                }
             }
         }
         if n == 0 {
             return Ok(if at == filled {
                 ScanEnd::Eof
             } else {
-                ScanEnd::Invalid { pos: file_pos + at as u64, why: "record cut short" }
+                ScanEnd::Invalid {
+                    pos: file_pos + at as u64,
+                    why: "record cut short",
+                }
             });
         }
         // Keep the partial record and read on.
@@ -153,7 +183,9 @@ pub(crate) struct PartitionLog {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| OmsError::io("sync", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| OmsError::io("sync", dir, e))
 }
 
 impl PartitionLog {
@@ -190,7 +222,12 @@ impl PartitionLog {
     }
 
     pub(crate) fn placement(&self) -> Placement<'_> {
-        Placement { queue: &self.queue, queue_id: self.queue_id, partition: self.partition, store_host: &self.store_host }
+        Placement {
+            queue: &self.queue,
+            queue_id: self.queue_id,
+            partition: self.partition,
+            store_host: &self.store_host,
+        }
     }
 
     fn missing(&self) -> OmsError {
@@ -204,13 +241,18 @@ impl PartitionLog {
         let file = match self.lock_file.get() {
             Some(f) => f,
             None => {
-                let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        self.missing()
-                    } else {
-                        OmsError::io("open", &path, e)
-                    }
-                })?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            self.missing()
+                        } else {
+                            OmsError::io("open", &path, e)
+                        }
+                    })?;
                 self.lock_file.get_or_init(|| f)
             }
         };
@@ -225,7 +267,12 @@ impl PartitionLog {
             Some(t) => t,
             None => {
                 let base = list_segments(&self.dir)?.last().copied().unwrap_or(0);
-                Tail { base, len: 0, next_offset: base, last_stored: 0 }
+                Tail {
+                    base,
+                    len: 0,
+                    next_offset: base,
+                    last_stored: 0,
+                }
             }
         };
         loop {
@@ -238,7 +285,12 @@ impl PartitionLog {
                     break;
                 }
                 ScanEnd::Roll(next) => {
-                    tail = Tail { base: next, len: 0, next_offset: next, last_stored: tail.last_stored };
+                    tail = Tail {
+                        base: next,
+                        len: 0,
+                        next_offset: next,
+                        last_stored: tail.last_stored,
+                    };
                 }
                 ScanEnd::Invalid { pos, why } => {
                     if repair {
@@ -247,8 +299,12 @@ impl PartitionLog {
                             file = %path.display(), at = pos, cut = size - pos, reason = why,
                             "cutting off a torn record at the end of a segment (left by a crashed writer)"
                         );
-                        let f = OpenOptions::new().write(true).open(&path).map_err(|e| OmsError::io("open", &path, e))?;
-                        f.set_len(pos).map_err(|e| OmsError::io("truncate", &path, e))?;
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| OmsError::io("open", &path, e))?;
+                        f.set_len(pos)
+                            .map_err(|e| OmsError::io("truncate", &path, e))?;
                         f.sync_all().map_err(|e| OmsError::io("sync", &path, e))?;
                         st.append = None;
                     }
@@ -268,14 +324,24 @@ impl PartitionLog {
 
     /// Runs `f` under the cross-process write lock, with the tail brought up to date (and a
     /// torn tail cut off). Readers of this process are woken afterwards.
-    pub(crate) fn with_write_lock<R>(&self, opts: WriteOptions, f: impl FnOnce(&mut Appender<'_>) -> Result<R>) -> Result<R> {
+    pub(crate) fn with_write_lock<R>(
+        &self,
+        opts: WriteOptions,
+        f: impl FnOnce(&mut Appender<'_>) -> Result<R>,
+    ) -> Result<R> {
         let mut st = self.state();
         let flock = self.flock()?;
         if !self.dir.exists() {
             return Err(self.missing());
         }
         let tail = self.advance_tail(&mut st, true)?;
-        let mut appender = Appender { log: self, st, tail, opts, appended: false };
+        let mut appender = Appender {
+            log: self,
+            st,
+            tail,
+            opts,
+            appended: false,
+        };
         let result = f(&mut appender);
         let appended = appender.appended;
         drop(appender);
@@ -288,7 +354,11 @@ impl PartitionLog {
 
     /// Appends the records of `batch`, giving them consecutive offsets. Returns the first offset
     /// and the store time. The batch is written with one `write`, under the cross-process lock.
-    pub(crate) fn append(&self, batch: &mut EncodedBatch, opts: WriteOptions) -> Result<(i64, i64)> {
+    pub(crate) fn append(
+        &self,
+        batch: &mut EncodedBatch,
+        opts: WriteOptions,
+    ) -> Result<(i64, i64)> {
         self.with_write_lock(opts, |a| a.append(batch))
     }
 
@@ -296,12 +366,15 @@ impl PartitionLog {
     /// called under the write lock.
     pub(crate) fn read_one(self: &Arc<Self>, offset: i64) -> Result<Option<Message>> {
         let bases = list_segments(&self.dir)?;
-        let Some(base) = bases.iter().copied().filter(|&b| b <= offset).max() else { return Ok(None) };
+        let Some(base) = bases.iter().copied().filter(|&b| b <= offset).max() else {
+            return Ok(None);
+        };
         let mut reader = LogReader {
             log: Arc::clone(self),
             base,
             file: None,
             file_pos: 0,
+            file_len: 0,
             buf: Bytes::new(),
             next_offset: offset,
             min_stored: i64::MIN,
@@ -311,20 +384,41 @@ impl PartitionLog {
         Ok(out.pop().filter(|m| m.offset() == Some(offset)))
     }
 
-    fn write_at_tail(&self, st: &mut TailState, tail: Tail, bytes: &[u8], fsync: bool) -> Result<()> {
-        if st.append.as_ref().is_none_or(|(base, _)| *base != tail.base) {
+    fn write_at_tail(
+        &self,
+        st: &mut TailState,
+        tail: Tail,
+        bytes: &[u8],
+        fsync: bool,
+    ) -> Result<()> {
+        if st
+            .append
+            .as_ref()
+            .is_none_or(|(base, _)| *base != tail.base)
+        {
             let path = segment_path(&self.dir, tail.base);
-            let f = OpenOptions::new().append(true).open(&path).map_err(|e| OmsError::io("open", &path, e))?;
+            let f = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| OmsError::io("open", &path, e))?;
             st.append = Some((tail.base, f));
         }
-        let Some((_, file)) = st.append.as_mut() else { unreachable!("set just above") };
-        let res = file.write_all(bytes).and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        let Some((_, file)) = st.append.as_mut() else {
+            unreachable!("set just above")
+        };
+        let res = file
+            .write_all(bytes)
+            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
         if let Err(e) = res {
             // Take back a partial write so the next batch starts at a record boundary.
             let _ = file.set_len(tail.len);
             st.append = None;
             st.tail = None;
-            return Err(OmsError::io("append to", &segment_path(&self.dir, tail.base), e));
+            return Err(OmsError::io(
+                "append to",
+                &segment_path(&self.dir, tail.base),
+                e,
+            ));
         }
         Ok(())
     }
@@ -339,7 +433,11 @@ impl PartitionLog {
         let mut sizes = Vec::with_capacity(bases.len());
         for &b in &bases {
             let p = segment_path(&self.dir, b);
-            sizes.push(fs::metadata(&p).map_err(|e| OmsError::io("stat", &p, e))?.len());
+            sizes.push(
+                fs::metadata(&p)
+                    .map_err(|e| OmsError::io("stat", &p, e))?
+                    .len(),
+            );
         }
         let mut total: u64 = sizes.iter().sum();
         for (i, &base) in bases.iter().enumerate().take(bases.len().saturating_sub(1)) {
@@ -359,7 +457,10 @@ impl PartitionLog {
     }
 
     /// Opens a reader at `position`.
-    pub(crate) fn reader(self: &Arc<Self>, position: crate::oms::SeekPosition) -> Result<LogReader> {
+    pub(crate) fn reader(
+        self: &Arc<Self>,
+        position: crate::oms::SeekPosition,
+    ) -> Result<LogReader> {
         use crate::oms::SeekPosition;
         if !self.dir.exists() {
             return Err(self.missing());
@@ -371,6 +472,7 @@ impl PartitionLog {
             base: first,
             file: None,
             file_pos: 0,
+            file_len: 0,
             buf: Bytes::new(),
             next_offset: first,
             min_stored: i64::MIN,
@@ -383,7 +485,12 @@ impl PartitionLog {
                 if n >= tail.next_offset {
                     reader.jump_to_tail(tail);
                 } else if n > first {
-                    reader.base = bases.iter().copied().filter(|&b| b <= n).max().unwrap_or(first);
+                    reader.base = bases
+                        .iter()
+                        .copied()
+                        .filter(|&b| b <= n)
+                        .max()
+                        .unwrap_or(first);
                     reader.next_offset = n;
                 }
             }
@@ -433,11 +540,20 @@ impl Appender<'_> {
             marker.push_roll(tail.next_offset, now);
             log.write_at_tail(&mut self.st, tail, &marker.buf, self.opts.fsync)?;
             let next = segment_path(&log.dir, tail.next_offset);
-            OpenOptions::new().create(true).append(true).open(&next).map_err(|e| OmsError::io("create", &next, e))?;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&next)
+                .map_err(|e| OmsError::io("create", &next, e))?;
             if self.opts.fsync {
                 sync_dir(&log.dir)?;
             }
-            tail = Tail { base: tail.next_offset, len: 0, next_offset: tail.next_offset, last_stored: now };
+            tail = Tail {
+                base: tail.next_offset,
+                len: 0,
+                next_offset: tail.next_offset,
+                last_stored: now,
+            };
             self.st.tail = Some(tail);
             self.tail = tail;
             rolled = true;
@@ -464,7 +580,8 @@ impl Appender<'_> {
 fn sealed_at(path: &Path, size: u64) -> Option<i64> {
     let f = File::open(path).ok()?;
     let mut buf = [0u8; HEADER_LEN];
-    f.read_at(&mut buf, size.checked_sub(HEADER_LEN as u64)?).ok()?;
+    f.read_at(&mut buf, size.checked_sub(HEADER_LEN as u64)?)
+        .ok()?;
     match record::parse(&buf, HEADER_LEN, true) {
         Parsed::Record(rec) if rec.kind == KIND_ROLL => Some(rec.stored),
         _ => None,
@@ -492,6 +609,8 @@ pub(crate) struct LogReader {
     file: Option<File>,
     /// The file position of `buf[0]`.
     file_pos: u64,
+    /// The size of the file when it was last read (a hint for sizing the output).
+    file_len: u64,
     /// Read but not yet parsed bytes.
     buf: Bytes,
     /// The offset of the next message to return; records below it are skipped.
@@ -547,27 +666,44 @@ impl LogReader {
         }
     }
 
-    /// Reads more bytes after `buf`; returns how many were read.
+    /// Reads more bytes after `buf`, so that it holds at least `need` bytes; returns how many
+    /// were read: 0 when the file does not hold `need` bytes from `buf[0]` yet.
     fn fill(&mut self, need: usize) -> Result<usize> {
-        let Some(file) = self.file.as_ref() else { return Ok(0) };
+        let Some(file) = self.file.as_ref() else {
+            return Ok(0);
+        };
         let have = self.buf.len();
         let at = self.file_pos + have as u64;
-        if need > READ_CHUNK {
-            // Never allocate for a length the file cannot hold (a torn or garbage length field).
-            let len = file.metadata().map_err(|e| OmsError::io("stat", &segment_path(&self.log.dir, self.base), e))?.len();
-            if self.file_pos + need as u64 > len {
-                return Ok(0);
-            }
+        // The file's size first: a reader at the end (the common case when it waits) then reads
+        // nothing, and the buffer is sized (and zeroed) only for bytes that are there. It also
+        // never allocates for a length the file cannot hold (a torn or garbage length field).
+        let len = file
+            .metadata()
+            .map_err(|e| OmsError::io("stat", &segment_path(&self.log.dir, self.base), e))?
+            .len();
+        if len <= at || self.file_pos + need as u64 > len {
+            return Ok(0);
         }
-        let want = READ_CHUNK.max(need);
-        let mut next = BytesMut::with_capacity(want);
+        self.file_len = len;
+        let available = usize::try_from(len - at).unwrap_or(usize::MAX);
+        let want = READ_CHUNK
+            .max(need)
+            .saturating_sub(have)
+            .max(1)
+            .min(available);
+        let path = || segment_path(&self.log.dir, self.base);
+        // `read_to_end` reads into the spare capacity without zeroing it first.
+        let mut next = Vec::with_capacity(have + want);
         next.extend_from_slice(&self.buf);
-        next.resize(want.max(have + 1), 0);
-        let n = file
-            .read_at(&mut next[have..], at)
-            .map_err(|e| OmsError::io("read", &segment_path(&self.log.dir, self.base), e))?;
-        next.truncate(have + n);
-        self.buf = next.freeze();
+        let mut reader = file;
+        reader
+            .seek(SeekFrom::Start(at))
+            .map_err(|e| OmsError::io("seek in", &path(), e))?;
+        let n = reader
+            .take(want as u64)
+            .read_to_end(&mut next)
+            .map_err(|e| OmsError::io("read", &path(), e))?;
+        self.buf = Bytes::from(next);
         Ok(n)
     }
 
@@ -595,9 +731,6 @@ impl LogReader {
             }
             match record::parse(&self.buf, self.log.max_record, true) {
                 Parsed::Record(rec) => {
-                    let chunk = self.buf.clone();
-                    self.buf = self.buf.slice(rec.total_len..);
-                    self.file_pos += rec.total_len as u64;
                     need = 0;
                     if rec.kind == KIND_ROLL {
                         self.base = rec.offset;
@@ -607,20 +740,40 @@ impl LogReader {
                         continue;
                     }
                     if rec.offset < self.next_offset || rec.stored < self.min_stored {
+                        self.buf.advance(rec.total_len);
+                        self.file_pos += rec.total_len as u64;
                         continue;
                     }
+                    if out.len() == out.capacity() {
+                        // Room for what the file holds (records tend to be alike in size), at
+                        // least doubling, never past `max`.
+                        let left =
+                            self.file_len.saturating_sub(self.file_pos) / rec.total_len as u64 + 1;
+                        let room = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_RESERVE);
+                        out.reserve_exact(room.max(out.len()).min(max - (out.len() - start_len)));
+                    }
+                    // Decoded where it lies (the body shares `buf`), then stepped over. Expired
+                    // messages are not appended.
+                    let decoded = record::decode_message_into(
+                        &self.buf,
+                        &rec,
+                        self.log.placement(),
+                        Some(now),
+                        out,
+                    );
+                    self.buf.advance(rec.total_len);
+                    self.file_pos += rec.total_len as u64;
                     self.min_stored = i64::MIN;
                     self.next_offset = rec.offset + 1;
-                    let msg = record::decode_message(&chunk, &rec, self.log.placement())
-                        .map_err(|why| self.corrupt(why))?;
-                    if msg.extension_header.expire_time.is_some_and(|e| e <= now) {
-                        continue;
+                    if let Err(why) = decoded {
+                        return Err(self.corrupt(why));
                     }
-                    out.push(msg);
                 }
                 Parsed::Incomplete => {
                     if self.buf.len() >= 8 {
-                        need = 8 + u32::from_le_bytes(self.buf[0..4].try_into().unwrap_or_default()) as usize;
+                        need = 8
+                            + u32::from_le_bytes(self.buf[0..4].try_into().unwrap_or_default())
+                                as usize;
                     }
                     if self.fill(need.max(HEADER_LEN))? == 0 {
                         break;
@@ -651,7 +804,15 @@ mod tests {
     fn log(dir: &Path, retention: RetentionPolicy) -> Arc<PartitionLog> {
         let d = dir.join("p-0");
         fs::create_dir_all(&d).unwrap();
-        Arc::new(PartitionLog::new(d, "q".into(), 1, 0, retention, Arc::from("h"), 1 << 20))
+        Arc::new(PartitionLog::new(
+            d,
+            "q".into(),
+            1,
+            0,
+            retention,
+            Arc::from("h"),
+            1 << 20,
+        ))
     }
 
     fn send(log: &PartitionLog, bodies: &[&str], segment_bytes: u64) -> i64 {
@@ -659,14 +820,29 @@ mod tests {
         for body in bodies {
             b.push_message(&Message::new("q", body.to_string()), false);
         }
-        log.append(&mut b, WriteOptions { fsync: false, segment_bytes }).unwrap().0
+        log.append(
+            &mut b,
+            WriteOptions {
+                fsync: false,
+                segment_bytes,
+            },
+        )
+        .unwrap()
+        .0
     }
 
     fn read_all(log: &Arc<PartitionLog>, from: SeekPosition) -> Vec<(i64, String)> {
         let mut r = log.reader(from).unwrap();
         let mut out = Vec::new();
         r.read_available(usize::MAX, &mut out).unwrap();
-        out.iter().map(|m| (m.offset().unwrap(), String::from_utf8(m.data.to_vec()).unwrap())).collect()
+        out.iter()
+            .map(|m| {
+                (
+                    m.offset().unwrap(),
+                    String::from_utf8(m.data.to_vec()).unwrap(),
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -676,13 +852,64 @@ mod tests {
         for i in 0..50 {
             assert_eq!(send(&l, &[&format!("m{i}")], 256), i);
         }
-        assert!(list_segments(&l.dir).unwrap().len() > 5, "small segments roll");
+        assert!(
+            list_segments(&l.dir).unwrap().len() > 5,
+            "small segments roll"
+        );
         let all = read_all(&l, SeekPosition::Beginning);
         assert_eq!(all.len(), 50);
-        assert!(all.iter().enumerate().all(|(i, (o, b))| *o == i as i64 && *b == format!("m{i}")));
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, (o, b))| *o == i as i64 && *b == format!("m{i}")));
         assert_eq!(read_all(&l, SeekPosition::Offset(37))[0].0, 37);
         assert!(read_all(&l, SeekPosition::End).is_empty());
         assert_eq!(l.tail().unwrap().next_offset, 50);
+    }
+
+    #[test]
+    fn a_reader_at_the_end_sees_later_appends_and_half_written_records_only_once_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("p-0");
+        fs::create_dir_all(&d).unwrap();
+        // Records may be larger than a read chunk here.
+        let l = Arc::new(PartitionLog::new(
+            d,
+            "q".into(),
+            1,
+            0,
+            RetentionPolicy::default(),
+            Arc::from("h"),
+            4 << 20,
+        ));
+        let mut r = l.reader(SeekPosition::End).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.read_available(10, &mut out).unwrap(), 0);
+        send(&l, &["a", "b", "c"], 1 << 20);
+        assert_eq!(r.read_available(10, &mut out).unwrap(), 3);
+        // A record larger than one read chunk.
+        let big = "x".repeat(READ_CHUNK + 100);
+        send(&l, &[&big], 1 << 30);
+        assert_eq!(r.read_available(10, &mut out).unwrap(), 1);
+        assert_eq!(out[3].data.len(), big.len());
+        // A record whose bytes arrive in two writes is served once it is whole.
+        let mut b = EncodedBatch::default();
+        b.push_message(&Message::new("q", "late"), false);
+        b.seal(5, now_millis());
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(segment_path(&l.dir, 0))
+            .unwrap();
+        f.write_all(&b.buf[..10]).unwrap();
+        assert_eq!(r.read_available(10, &mut out).unwrap(), 0);
+        f.write_all(&b.buf[10..]).unwrap();
+        assert_eq!(r.read_available(10, &mut out).unwrap(), 1);
+        let bodies: Vec<&[u8]> = out.iter().map(|m| &m.data[..]).collect();
+        assert_eq!(
+            (bodies[0], bodies[2], bodies[4]),
+            (&b"a"[..], &b"c"[..], &b"late"[..])
+        );
+        assert_eq!(r.position(), 6);
     }
 
     #[test]
@@ -695,9 +922,16 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
         let again = log(dir.path(), RetentionPolicy::default());
-        assert_eq!(read_all(&again, SeekPosition::Beginning).len(), 2, "the torn record is not served");
+        assert_eq!(
+            read_all(&again, SeekPosition::Beginning).len(),
+            2,
+            "the torn record is not served"
+        );
         assert_eq!(send(&again, &["c"], 1 << 20), 2);
-        let bodies: Vec<String> = read_all(&again, SeekPosition::Beginning).into_iter().map(|(_, b)| b).collect();
+        let bodies: Vec<String> = read_all(&again, SeekPosition::Beginning)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
         assert_eq!(bodies, ["a", "b", "c"]);
     }
 
@@ -720,11 +954,21 @@ mod tests {
     #[test]
     fn retention_by_size_drops_old_segments_and_readers_skip_ahead() {
         let dir = tempfile::tempdir().unwrap();
-        let l = log(dir.path(), RetentionPolicy { max_age: None, max_bytes: Some(600) });
+        let l = log(
+            dir.path(),
+            RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(600),
+            },
+        );
         for i in 0..100 {
             send(&l, &[&format!("m{i}")], 200);
         }
-        let total: u64 = list_segments(&l.dir).unwrap().iter().map(|&b| fs::metadata(segment_path(&l.dir, b)).unwrap().len()).sum();
+        let total: u64 = list_segments(&l.dir)
+            .unwrap()
+            .iter()
+            .map(|&b| fs::metadata(segment_path(&l.dir, b)).unwrap().len())
+            .sum();
         assert!(total <= 600 + 200, "kept {total} bytes");
         let kept = read_all(&l, SeekPosition::Beginning);
         assert_eq!(kept.last().unwrap().0, 99);

@@ -15,8 +15,8 @@ use super::staged;
 use super::store::QueueHandle;
 use super::Shared;
 use crate::oms::{
-    body_too_large, now_millis, Message, OmsError, OmsStatus, PreparedTransaction, ProducerBackend, Result, SendResult,
-    TransactionState, TransactionStateCheckListener,
+    body_too_large, now_millis, Message, OmsError, OmsStatus, PreparedTransaction, ProducerBackend,
+    Result, SendResult, TransactionState, TransactionStateCheckListener,
 };
 
 /// How often a transactional producer looks for transactions left open by producers that died.
@@ -30,8 +30,16 @@ pub(crate) struct EmbeddedProducer {
 }
 
 impl EmbeddedProducer {
-    pub(crate) fn new(shared: Arc<Shared>, listener: Option<Arc<dyn TransactionStateCheckListener>>) -> Self {
-        Self { shared, round_robin: AtomicU32::new(0), listener, checker: Mutex::new(None) }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        listener: Option<Arc<dyn TransactionStateCheckListener>>,
+    ) -> Self {
+        Self {
+            shared,
+            round_robin: AtomicU32::new(0),
+            listener,
+            checker: Mutex::new(None),
+        }
     }
 }
 
@@ -52,7 +60,11 @@ fn choose_partition(queue: &QueueHandle, message: &Message, sticky: u32) -> Resu
 fn check_size(shared: &Shared, message: &Message) -> Result<()> {
     let max = shared.config.max_message_bytes;
     if message.data.len() > max {
-        return Err(body_too_large(message.destination(), message.data.len(), max));
+        return Err(body_too_large(
+            message.destination(),
+            message.data.len(),
+            max,
+        ));
     }
     let headers = record::encoded_len(message) - message.data.len();
     if headers > (1 << 20) {
@@ -64,38 +76,138 @@ fn check_size(shared: &Shared, message: &Message) -> Result<()> {
     Ok(())
 }
 
+/// The messages of one call bound for one partition: they are appended together.
+struct PartitionBatch {
+    queue: Arc<QueueHandle>,
+    log: Arc<PartitionLog>,
+    records: EncodedBatch,
+    /// The positions of the batch's messages in the call.
+    indices: Vec<usize>,
+}
+
+impl PartitionBatch {
+    /// Whether this is the batch of partition `p` of `queue` (the same queue, perhaps through
+    /// another handle).
+    fn is_for(&self, queue: &Arc<QueueHandle>, p: i32) -> bool {
+        self.log.partition == p
+            && (Arc::ptr_eq(&self.queue, queue) || self.queue.name == queue.name)
+    }
+}
+
+/// Groups the messages of a call by partition. Consecutive messages for one partition (the
+/// common case: one queue, or unkeyed messages, which share a partition per call) cost no
+/// lookup and no allocation.
+struct Grouping {
+    batches: Vec<PartitionBatch>,
+    /// The slot of each batch, by queue name and partition.
+    index: HashMap<String, HashMap<i32, usize>>,
+    last: Option<usize>,
+    /// Bytes to reserve for the first batch: the whole call's (see [`reservation`]).
+    first_capacity: usize,
+}
+
+impl Grouping {
+    fn new(first_capacity: usize) -> Self {
+        Self {
+            batches: Vec::new(),
+            index: HashMap::new(),
+            last: None,
+            first_capacity,
+        }
+    }
+
+    /// The batch for partition `p` of `queue`, created on first use.
+    fn batch(&mut self, queue: &Arc<QueueHandle>, p: i32, remaining: usize) -> &mut PartitionBatch {
+        let slot = match self.last {
+            Some(last) if self.batches[last].is_for(queue, p) => last,
+            _ => match self
+                .index
+                .get(queue.name.as_str())
+                .and_then(|slots| slots.get(&p))
+            {
+                Some(&slot) => slot,
+                None => {
+                    let (bytes, records) = if self.batches.is_empty() {
+                        (self.first_capacity, remaining)
+                    } else {
+                        (0, 0)
+                    };
+                    self.batches.push(PartitionBatch {
+                        queue: Arc::clone(queue),
+                        log: Arc::clone(&queue.partitions[p as usize]),
+                        records: EncodedBatch::with_capacity(bytes, records),
+                        indices: Vec::with_capacity(records),
+                    });
+                    let slot = self.batches.len() - 1;
+                    self.index
+                        .entry(queue.name.clone())
+                        .or_default()
+                        .insert(p, slot);
+                    slot
+                }
+            },
+        };
+        self.last = Some(slot);
+        &mut self.batches[slot]
+    }
+}
+
+/// The most bytes reserved up front for encoding a call's records (larger calls grow the buffer).
+const MAX_RESERVATION: usize = 64 << 20;
+
+/// The bytes to reserve for encoding `messages`: their records' sizes, skipping bodies that
+/// [`check_size`] will refuse, and at most [`MAX_RESERVATION`].
+fn reservation(shared: &Shared, messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m.data.len() <= shared.config.max_message_bytes)
+        .map(|m| record::HEADER_LEN + record::encoded_len(m))
+        .sum::<usize>()
+        .min(MAX_RESERVATION)
+}
+
 fn send_blocking(shared: &Shared, messages: Vec<Message>, sticky: u32) -> Result<Vec<SendResult>> {
     let now = now_millis();
-    let mut results: Vec<Option<SendResult>> = vec![None; messages.len()];
-    let mut batches: Vec<(Arc<QueueHandle>, Arc<PartitionLog>, EncodedBatch, Vec<usize>)> = Vec::new();
-    let mut index: HashMap<(String, i32), usize> = HashMap::new();
-    let mut delayed = Vec::new();
     // Validate and encode everything before writing anything: a bad message fails the whole
     // call and nothing is stored.
+    let mut grouping = Grouping::new(reservation(shared, &messages));
+    let mut delayed = Vec::new();
+    let mut current: Option<(&str, Arc<QueueHandle>)> = None;
     for (i, m) in messages.iter().enumerate() {
         check_size(shared, m)?;
-        let queue = shared.store.queue(m.destination())?;
-        let p = choose_partition(&queue, m, sticky)?;
+        // Messages of a call usually share a queue: look it up only when the name changes.
+        let queue = match &mut current {
+            Some((name, q)) if *name == m.destination() => &*q,
+            slot => {
+                &slot
+                    .insert((m.destination(), shared.store.queue(m.destination())?))
+                    .1
+            }
+        };
+        let p = choose_partition(queue, m, sticky)?;
         if let Some(due) = staged::due_time(m, now) {
-            delayed.push((i, queue, p, due));
+            delayed.push((i, Arc::clone(queue), p, due));
             continue;
         }
-        let slot = *index.entry((queue.name.clone(), p)).or_insert_with(|| {
-            let log = Arc::clone(&queue.partitions[p as usize]);
-            batches.push((queue.clone(), log, EncodedBatch::default(), Vec::new()));
-            batches.len() - 1
-        });
-        batches[slot].2.push_message(m, false);
-        batches[slot].3.push(i);
+        let batch = grouping.batch(queue, p, messages.len() - i);
+        batch.records.push_message(m, false);
+        batch.indices.push(i);
     }
+    let mut results: Vec<Option<SendResult>> = vec![None; messages.len()];
     let opts = shared.write_options();
-    for (queue, log, mut batch, idx) in batches {
-        let (first, _) = log.append(&mut batch, opts).inspect_err(|e| {
+    for PartitionBatch {
+        queue,
+        log,
+        mut records,
+        indices,
+    } in grouping.batches
+    {
+        let (first, _) = log.append(&mut records, opts).inspect_err(|e| {
             if e.status() == OmsStatus::DESTINATION_NOT_FOUND {
                 shared.store.forget(&queue.name);
             }
         })?;
-        for (j, i) in idx.into_iter().enumerate() {
+        for (j, i) in indices.into_iter().enumerate() {
             let offset = first + j as i64;
             results[i] = Some(SendResult {
                 message_id: record::message_id(log.queue_id, log.partition, offset),
@@ -110,15 +222,31 @@ fn send_blocking(shared: &Shared, messages: Vec<Message>, sticky: u32) -> Result
         let id = staged::new_id();
         m.header.message_id = Some(id.clone());
         let log = &queue.partitions[p as usize];
-        staged::stage(log, &staged::delayed_name(due, &id), &m, shared.config.fsync == super::FsyncPolicy::Always)?;
-        results[i] = Some(SendResult { message_id: id, queue: queue.name.clone(), partition: p, offset: -1 });
+        staged::stage(
+            log,
+            &staged::delayed_name(due, &id),
+            &m,
+            shared.config.fsync == super::FsyncPolicy::Always,
+        )?;
+        results[i] = Some(SendResult {
+            message_id: id,
+            queue: queue.name.clone(),
+            partition: p,
+            offset: -1,
+        });
     }
-    results.into_iter().map(|r| r.ok_or_else(|| OmsError::storage("a message of the batch was not stored"))).collect()
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| OmsError::storage("a message of the batch was not stored")))
+        .collect()
 }
 
 /// Resolves the prepared transactions that no live producer holds, through `listener`.
 /// Returns how many were committed or rolled back.
-pub(crate) fn recover_transactions(shared: &Shared, listener: &dyn TransactionStateCheckListener) -> Result<usize> {
+pub(crate) fn recover_transactions(
+    shared: &Shared,
+    listener: &dyn TransactionStateCheckListener,
+) -> Result<usize> {
     let mut resolved = 0;
     for name in shared.store.list_queues(None)? {
         let queue = match shared.store.queue(&name) {
@@ -128,8 +256,12 @@ pub(crate) fn recover_transactions(shared: &Shared, listener: &dyn TransactionSt
         };
         for log in &queue.partitions {
             for path in staged::prepared_files(log)? {
-                let Some(lock) = staged::lock_prepared(&path)? else { continue };
-                let Some(message) = staged::read_staged(log, &path)? else { continue };
+                let Some(lock) = staged::lock_prepared(&path)? else {
+                    continue;
+                };
+                let Some(message) = staged::read_staged(log, &path)? else {
+                    continue;
+                };
                 match listener.check(&message) {
                     TransactionState::Commit => {
                         finish_commit(shared, log, &path, &message)?;
@@ -150,7 +282,12 @@ pub(crate) fn recover_transactions(shared: &Shared, listener: &dyn TransactionSt
 
 /// Publishes a prepared message (or schedules it, if it is delayed); returns its offset, `-1`
 /// when delayed.
-fn finish_commit(shared: &Shared, log: &Arc<PartitionLog>, path: &std::path::Path, message: &Message) -> Result<i64> {
+fn finish_commit(
+    shared: &Shared,
+    log: &Arc<PartitionLog>,
+    path: &std::path::Path,
+    message: &Message,
+) -> Result<i64> {
     if let Some(due) = staged::due_time(message, now_millis()) {
         let id = message.message_id().unwrap_or_default();
         let target = path.with_file_name(staged::delayed_name(due, id));
@@ -158,7 +295,10 @@ fn finish_commit(shared: &Shared, log: &Arc<PartitionLog>, path: &std::path::Pat
         return Ok(-1);
     }
     staged::publish(log, path, shared.write_options())?.ok_or_else(|| {
-        OmsError::transaction(OmsStatus::BAD_REQUEST, "the transaction was already resolved (committed or rolled back elsewhere)")
+        OmsError::transaction(
+            OmsStatus::BAD_REQUEST,
+            "the transaction was already resolved (committed or rolled back elsewhere)",
+        )
     })
 }
 
@@ -198,11 +338,20 @@ impl ProducerBackend for EmbeddedProducer {
         message.extension_header.transaction_id = Some(transaction_id.clone());
         let fsync = self.shared.config.fsync == super::FsyncPolicy::Always;
         let (path, lock) = staged::stage_prepared(&log, &transaction_id, &message, fsync)?;
-        Ok(Box::new(EmbeddedTransaction { shared: Arc::clone(&self.shared), log, path, lock, transaction_id, message }))
+        Ok(Box::new(EmbeddedTransaction {
+            shared: Arc::clone(&self.shared),
+            log,
+            path,
+            lock,
+            transaction_id,
+            message,
+        }))
     }
 
     async fn start(&self) -> Result<()> {
-        let Some(listener) = self.listener.clone() else { return Ok(()) };
+        let Some(listener) = self.listener.clone() else {
+            return Ok(());
+        };
         recover_transactions(&self.shared, listener.as_ref())?;
         let shared = Arc::clone(&self.shared);
         let task = tokio::spawn(async move {
@@ -215,14 +364,24 @@ impl ProducerBackend for EmbeddedProducer {
                 }
             }
         });
-        if let Some(old) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).replace(task) {
+        if let Some(old) = self
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
             old.abort();
         }
         Ok(())
     }
 
     async fn stop(&self) -> Result<()> {
-        if let Some(task) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = self
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             task.abort();
         }
         Ok(())
@@ -231,7 +390,12 @@ impl ProducerBackend for EmbeddedProducer {
 
 impl Drop for EmbeddedProducer {
     fn drop(&mut self) {
-        if let Some(task) = self.checker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = self
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             task.abort();
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::oms::{KeyValue, Message, Qos};
+use crate::oms::{ExtensionHeader, Header, KeyValue, Message, Qos, MESSAGE_VERSION};
 
 /// Bytes before the payload.
 pub(crate) const HEADER_LEN: usize = 25;
@@ -99,6 +99,14 @@ pub(crate) struct EncodedBatch {
 }
 
 impl EncodedBatch {
+    /// An empty batch with room for `records` records of `bytes` bytes in all.
+    pub(crate) fn with_capacity(bytes: usize, records: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            starts: Vec::with_capacity(records),
+        }
+    }
+
     /// Appends `message` as a message record with placeholders for offset, time and CRC.
     pub(crate) fn push_message(&mut self, message: &Message, explicit_id: bool) {
         let start = self.buf.len();
@@ -154,7 +162,11 @@ pub(crate) fn encode_payload(buf: &mut Vec<u8>, m: &Message, explicit_id: bool) 
     let h = &m.header;
     let x = &m.extension_header;
     let mut flags = 0u16;
-    let explicit_id = if explicit_id { h.message_id.as_deref() } else { None };
+    let explicit_id = if explicit_id {
+        h.message_id.as_deref()
+    } else {
+        None
+    };
     let opt = |flag: u16, present: bool, flags: &mut u16| {
         if present {
             *flags |= flag;
@@ -183,7 +195,15 @@ pub(crate) fn encode_payload(buf: &mut Vec<u8>, m: &Message, explicit_id: bool) 
     if let Some(q) = h.qos {
         buf.push(u8::from(q));
     }
-    for v in [&h.compression, &x.message_key, &x.correlation_id, &x.transaction_id].into_iter().flatten() {
+    for v in [
+        &h.compression,
+        &x.message_key,
+        &x.correlation_id,
+        &x.transaction_id,
+    ]
+    .into_iter()
+    .flatten()
+    {
         put_str(buf, v);
     }
     if let Some(d) = x.delay_time {
@@ -227,7 +247,10 @@ pub(crate) fn encoded_len(m: &Message) -> usize {
         + s(&x.trace_id)
         + 1
         + 4
-        + m.properties.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+        + m.properties
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>()
         + 4
         + m.data.len()
 }
@@ -239,7 +262,11 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("payload ends early")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or("payload ends early")?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -248,14 +275,27 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "short u32")?))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().map_err(|_| "short u32")?,
+        ))
     }
     fn i64(&mut self) -> Result<i64, &'static str> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "short i64")?))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().map_err(|_| "short i64")?,
+        ))
     }
     fn string(&mut self) -> Result<String, &'static str> {
         let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?).map(str::to_owned).map_err(|_| "a header is not UTF-8")
+        std::str::from_utf8(self.take(n)?)
+            .map(str::to_owned)
+            .map_err(|_| "a header is not UTF-8")
+    }
+    fn opt_string(&mut self, present: bool) -> Result<Option<String>, &'static str> {
+        if present {
+            self.string().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -268,9 +308,25 @@ pub(crate) struct Placement<'a> {
     pub(crate) store_host: &'a str,
 }
 
-/// The id of a message stored at `offset` (28 hex digits: queue, partition, offset).
+/// The id of a message stored at `offset` (28 upper-case hex digits: the queue id, the partition
+/// as a `u16` and the offset, each zero-padded: `{queue_id:08X}{partition:04X}{offset:016X}`).
 pub(crate) fn message_id(queue_id: u32, partition: i32, offset: i64) -> String {
-    format!("{queue_id:08X}{:04X}{offset:016X}", partition as u16)
+    // Written by hand: `format!` is a large part of decoding a small message.
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    fn put_hex(out: &mut [u8], value: u64) {
+        let digits = out.len();
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = HEX[((value >> (4 * (digits - 1 - i))) & 0xF) as usize];
+        }
+    }
+    let mut id = [0u8; 28];
+    put_hex(&mut id[..8], u64::from(queue_id));
+    put_hex(&mut id[8..12], u64::from(partition as u16));
+    put_hex(&mut id[12..], offset as u64);
+    // Only ASCII hex digits were written: the check cannot fail.
+    std::str::from_utf8(&id)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// Decodes the message record `rec` found at the start of `chunk` (whose body is shared, not
@@ -280,71 +336,105 @@ pub(crate) fn decode_message(
     rec: &RecordHeader,
     at: Placement<'_>,
 ) -> Result<Message, &'static str> {
+    let mut out = Vec::with_capacity(1);
+    decode_message_into(chunk, rec, at, None, &mut out)?;
+    out.pop().ok_or("the record holds no message")
+}
+
+/// Decodes the message record `rec` found at the start of `chunk` and appends it to `out`,
+/// unless it expired at or before `now`. Returns whether it was appended.
+///
+/// Appending here saves copies of the (large) `Message` on the hot read path.
+pub(crate) fn decode_message_into(
+    chunk: &Bytes,
+    rec: &RecordHeader,
+    at: Placement<'_>,
+    now: Option<i64>,
+    out: &mut Vec<Message>,
+) -> Result<bool, &'static str> {
     let payload = &chunk[HEADER_LEN..rec.total_len];
-    let mut c = Cursor { buf: payload, pos: 0 };
+    let mut c = Cursor {
+        buf: payload,
+        pos: 0,
+    };
     let flags = u16::from_le_bytes(c.take(2)?.try_into().map_err(|_| "short flags")?);
     if flags & !F_KNOWN != 0 {
         return Err("unknown header flags (written by a newer omstream?)");
     }
     let has = |f: u16| flags & f != 0;
-    let mut m = Message::new(at.queue, Bytes::new());
-    let born = c.i64()?;
-    m.header.born_timestamp = Some(born);
-    m.header.message_id =
-        Some(if has(F_MESSAGE_ID) { c.string()? } else { message_id(at.queue_id, at.partition, rec.offset) });
-    if has(F_BORN_HOST) {
-        m.header.born_host = Some(c.string()?);
-    }
-    if has(F_QOS) {
-        m.header.qos = Some(Qos::try_from(c.u8()?).map_err(|_| "bad qos")?);
-    }
-    if has(F_COMPRESSION) {
-        m.header.compression = Some(c.string()?);
-    }
-    let x = &mut m.extension_header;
-    if has(F_KEY) {
-        x.message_key = Some(c.string()?);
-    }
-    if has(F_CORRELATION) {
-        x.correlation_id = Some(c.string()?);
-    }
-    if has(F_TRANSACTION) {
-        x.transaction_id = Some(c.string()?);
-    }
-    if has(F_DELAY) {
-        x.delay_time = Some(Duration::from_millis(c.i64()? as u64));
-    }
-    if has(F_EXPIRE) {
-        x.expire_time = Some(c.i64()?);
-    }
-    if has(F_TRACE) {
-        x.trace_id = Some(c.string()?);
-    }
-    if has(F_PRIORITY) {
-        x.priority = Some(c.u8()?);
-    }
-    if has(F_PROPERTIES) {
+    // Fields are read in their on-disk order into locals, and the message is built once at the
+    // end: a `Message` is large, and every move of it is a copy.
+    let born_timestamp = Some(c.i64()?);
+    let message_id = Some(if has(F_MESSAGE_ID) {
+        c.string()?
+    } else {
+        message_id(at.queue_id, at.partition, rec.offset)
+    });
+    let born_host = c.opt_string(has(F_BORN_HOST))?;
+    let qos = if has(F_QOS) {
+        Some(Qos::try_from(c.u8()?).map_err(|_| "bad qos")?)
+    } else {
+        None
+    };
+    let compression = c.opt_string(has(F_COMPRESSION))?;
+    let message_key = c.opt_string(has(F_KEY))?;
+    let correlation_id = c.opt_string(has(F_CORRELATION))?;
+    let transaction_id = c.opt_string(has(F_TRANSACTION))?;
+    let delay_time = if has(F_DELAY) {
+        Some(Duration::from_millis(c.i64()? as u64))
+    } else {
+        None
+    };
+    let expire_time = if has(F_EXPIRE) { Some(c.i64()?) } else { None };
+    let trace_id = c.opt_string(has(F_TRACE))?;
+    let priority = if has(F_PRIORITY) { Some(c.u8()?) } else { None };
+    let properties = if has(F_PROPERTIES) {
         let n = c.u32()? as usize;
-        let mut props = KeyValue::new();
-        for _ in 0..n {
-            let k = c.string()?;
-            let v = c.string()?;
-            props.put(k, v);
-        }
-        m.properties = props;
-    }
+        // Collected rather than `put`, which would copy every value once more.
+        (0..n)
+            .map(|_| Ok((c.string()?, c.string()?)))
+            .collect::<Result<KeyValue, &'static str>>()?
+    } else {
+        KeyValue::new()
+    };
     let n = c.u32()? as usize;
     let start = HEADER_LEN + c.pos;
     c.take(n)?;
     if c.pos != payload.len() {
         return Err("trailing bytes after the body");
     }
-    m.data = chunk.slice(start..start + n);
-    x.partition = Some(at.partition);
-    x.offset = Some(rec.offset);
-    x.store_timestamp = Some(rec.stored);
-    x.store_host = Some(at.store_host.to_string());
-    Ok(m)
+    if expire_time.is_some_and(|e| now.is_some_and(|now| e <= now)) {
+        return Ok(false);
+    }
+    out.push(Message {
+        version: MESSAGE_VERSION.to_string(),
+        header: Header {
+            destination: at.queue.to_string(),
+            message_id,
+            born_timestamp,
+            born_host,
+            qos,
+            compression,
+        },
+        extension_header: ExtensionHeader {
+            partition: Some(at.partition),
+            offset: Some(rec.offset),
+            store_timestamp: Some(rec.stored),
+            store_host: Some(at.store_host.to_string()),
+            message_key,
+            correlation_id,
+            transaction_id,
+            delay_time,
+            expire_time,
+            trace_id,
+            delivery_count: 0,
+            priority,
+        },
+        properties,
+        data: chunk.slice(start..start + n),
+        receipt: None,
+    });
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -377,10 +467,20 @@ mod tests {
         batch.push_message(&m, true);
         batch.seal(41, 1000);
         let chunk = Bytes::from(batch.buf.clone());
-        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else { panic!("not a record") };
-        assert_eq!((rec.offset, rec.stored, rec.kind, rec.total_len), (41, 1000, KIND_MESSAGE, chunk.len()));
+        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else {
+            panic!("not a record")
+        };
+        assert_eq!(
+            (rec.offset, rec.stored, rec.kind, rec.total_len),
+            (41, 1000, KIND_MESSAGE, chunk.len())
+        );
         assert_eq!(encoded_len(&m), chunk.len() - HEADER_LEN);
-        let at = Placement { queue: "q", queue_id: 7, partition: 3, store_host: "s" };
+        let at = Placement {
+            queue: "q",
+            queue_id: 7,
+            partition: 3,
+            store_host: "s",
+        };
         let back = decode_message(&chunk, &rec, at).unwrap();
         let mut expected = m.clone();
         expected.extension_header.partition = Some(3);
@@ -396,9 +496,60 @@ mod tests {
         batch.push_message(&Message::new("q", "x"), false);
         batch.seal(255, 1);
         let chunk = Bytes::from(batch.buf);
-        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else { panic!() };
-        let at = Placement { queue: "q", queue_id: 1, partition: 2, store_host: "s" };
-        assert_eq!(decode_message(&chunk, &rec, at).unwrap().message_id(), Some("00000001000200000000000000FF"));
+        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else {
+            panic!()
+        };
+        let at = Placement {
+            queue: "q",
+            queue_id: 1,
+            partition: 2,
+            store_host: "s",
+        };
+        assert_eq!(
+            decode_message(&chunk, &rec, at).unwrap().message_id(),
+            Some("00000001000200000000000000FF")
+        );
+    }
+
+    #[test]
+    fn message_ids_match_their_documented_format() {
+        for (queue_id, partition, offset) in [
+            (0, 0, 0),
+            (1, 2, 255),
+            (u32::MAX, 65_535, i64::MAX),
+            (0xDEAD_BEEF, 70_000, -1),
+            (7, -1, 1 << 40),
+        ] {
+            let expected = format!("{queue_id:08X}{:04X}{offset:016X}", partition as u16);
+            assert_eq!(message_id(queue_id, partition, offset), expected);
+        }
+    }
+
+    #[test]
+    fn expired_messages_are_not_appended() {
+        let mut batch = EncodedBatch::default();
+        batch.push_message(&Message::new("q", "x").with_expire_time(100), false);
+        batch.seal(0, 1);
+        let chunk = Bytes::from(batch.buf);
+        let Parsed::Record(rec) = parse(&chunk, 1 << 20, true) else {
+            panic!()
+        };
+        let at = Placement {
+            queue: "q",
+            queue_id: 1,
+            partition: 0,
+            store_host: "s",
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_message_into(&chunk, &rec, at, Some(100), &mut out),
+            Ok(false)
+        );
+        assert_eq!(
+            decode_message_into(&chunk, &rec, at, Some(99), &mut out),
+            Ok(true)
+        );
+        assert_eq!(out[0].extension_header.expire_time, Some(100));
     }
 
     #[test]
@@ -408,23 +559,35 @@ mod tests {
         batch.seal(0, 0);
         let bytes = batch.buf;
         for cut in 0..bytes.len() {
-            assert_eq!(parse(&bytes[..cut], 1 << 20, true), Parsed::Incomplete, "cut at {cut}");
+            assert_eq!(
+                parse(&bytes[..cut], 1 << 20, true),
+                Parsed::Incomplete,
+                "cut at {cut}"
+            );
         }
         for i in 4..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[i] ^= 0x40;
-            assert!(matches!(parse(&flipped, 1 << 20, true), Parsed::Invalid(_)), "flip at {i}");
+            assert!(
+                matches!(parse(&flipped, 1 << 20, true), Parsed::Invalid(_)),
+                "flip at {i}"
+            );
         }
         let mut huge = bytes.clone();
         huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(parse(&huge, 1 << 20, true), Parsed::Invalid("impossible record length"));
+        assert_eq!(
+            parse(&huge, 1 << 20, true),
+            Parsed::Invalid("impossible record length")
+        );
     }
 
     #[test]
     fn roll_markers_parse() {
         let mut batch = EncodedBatch::default();
         batch.push_roll(77, 5);
-        let Parsed::Record(rec) = parse(&batch.buf, 1 << 20, true) else { panic!() };
+        let Parsed::Record(rec) = parse(&batch.buf, 1 << 20, true) else {
+            panic!()
+        };
         assert_eq!((rec.kind, rec.offset, rec.stored), (KIND_ROLL, 77, 5));
     }
 }

@@ -9,8 +9,8 @@ use super::groups::GroupOffsets;
 use super::log::{list_segments, LogReader, PartitionLog};
 use super::{staged, Shared};
 use crate::oms::{
-    LifecycleCell, Message, OmsError, PartitionReader, QueueMetaData, Result, SeekPosition, ServiceLifeState,
-    ServiceLifecycle, StreamingConsumer,
+    LifecycleCell, Message, OmsError, PartitionReader, QueueMetaData, Result, SeekPosition,
+    ServiceLifeState, ServiceLifecycle, StreamingConsumer,
 };
 
 /// How often a reader looks for delayed messages that have come due.
@@ -18,7 +18,11 @@ const RELEASE_CHECK: Duration = Duration::from_millis(50);
 
 /// Publishes due delayed messages of `log`, at most every [`RELEASE_CHECK`]. A failure is logged,
 /// not returned: it must not stop the reading of messages already stored.
-pub(crate) fn release_due_throttled(shared: &Shared, log: &Arc<PartitionLog>, last: &mut Option<Instant>) {
+pub(crate) fn release_due_throttled(
+    shared: &Shared,
+    log: &Arc<PartitionLog>,
+    last: &mut Option<Instant>,
+) {
     let now = Instant::now();
     if last.is_some_and(|t| now.duration_since(t) < RELEASE_CHECK) {
         return;
@@ -39,7 +43,11 @@ pub(crate) struct EmbeddedPartitionReader {
 
 impl EmbeddedPartitionReader {
     pub(crate) fn new(shared: Arc<Shared>, reader: LogReader) -> Self {
-        Self { shared, reader, last_release: None }
+        Self {
+            shared,
+            reader,
+            last_release: None,
+        }
     }
 }
 
@@ -76,7 +84,8 @@ impl PartitionReader for EmbeddedPartitionReader {
             tokio::pin!(appended);
             appended.as_mut().enable();
             release_due_throttled(&self.shared, &log, &mut self.last_release);
-            let mut out = Vec::with_capacity(max.min(4096));
+            // Sized by the reader, from what it finds buffered.
+            let mut out = Vec::new();
             self.reader.read_available(max, &mut out)?;
             if !out.is_empty() {
                 return Ok(out);
@@ -105,12 +114,18 @@ pub(crate) struct EmbeddedStreamingConsumer {
 
 impl EmbeddedStreamingConsumer {
     pub(crate) fn new(shared: Arc<Shared>, group: Option<String>) -> Self {
-        Self { shared, group, state: LifecycleCell::new(ServiceLifeState::Initialized) }
+        Self {
+            shared,
+            group,
+            state: LifecycleCell::new(ServiceLifeState::Initialized),
+        }
     }
 
     fn offsets(&self, queue: &str) -> Result<GroupOffsets> {
         let group = self.group.as_deref().ok_or_else(|| {
-            OmsError::bad_parameter("committed offsets need a consumer group: set the CONSUMER_ID attribute")
+            OmsError::bad_parameter(
+                "committed offsets need a consumer group: set the CONSUMER_ID attribute",
+            )
         })?;
         self.shared.store.queue(queue)?;
         GroupOffsets::new(&self.shared.store, group, queue, self.shared.fsync())
@@ -138,19 +153,40 @@ impl ServiceLifecycle for EmbeddedStreamingConsumer {
 impl StreamingConsumer for EmbeddedStreamingConsumer {
     async fn partitions(&self, queue: &str) -> Result<Vec<QueueMetaData>> {
         let q = self.shared.store.queue(queue)?;
-        Ok(q.partitions.iter().map(|p| QueueMetaData { queue_name: q.name.clone(), partition_id: p.partition }).collect())
+        Ok(q.partitions
+            .iter()
+            .map(|p| QueueMetaData {
+                queue_name: q.name.clone(),
+                partition_id: p.partition,
+            })
+            .collect())
     }
 
-    async fn open(&self, queue: &str, partition: i32, position: SeekPosition) -> Result<Box<dyn PartitionReader>> {
+    async fn open(
+        &self,
+        queue: &str,
+        partition: i32,
+        position: SeekPosition,
+    ) -> Result<Box<dyn PartitionReader>> {
         self.state.ensure_started("the streaming consumer")?;
         let q = self.shared.store.queue(queue)?;
         let reader = q.partition(partition)?.reader(position)?;
-        Ok(Box::new(EmbeddedPartitionReader::new(Arc::clone(&self.shared), reader)))
+        Ok(Box::new(EmbeddedPartitionReader::new(
+            Arc::clone(&self.shared),
+            reader,
+        )))
     }
 
-    async fn offset_for_timestamp(&self, queue: &str, partition: i32, timestamp: i64) -> Result<Option<i64>> {
+    async fn offset_for_timestamp(
+        &self,
+        queue: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<i64>> {
         let q = self.shared.store.queue(queue)?;
-        let mut reader = q.partition(partition)?.reader(SeekPosition::Timestamp(timestamp))?;
+        let mut reader = q
+            .partition(partition)?
+            .reader(SeekPosition::Timestamp(timestamp))?;
         let mut out = Vec::with_capacity(1);
         reader.read_available(1, &mut out)?;
         Ok(out.first().and_then(Message::offset))
@@ -160,13 +196,19 @@ impl StreamingConsumer for EmbeddedStreamingConsumer {
         let q = self.shared.store.queue(queue)?;
         let log = q.partition(partition)?;
         let end = log.tail()?.next_offset;
-        let start = list_segments(&log.dir)?.first().copied().unwrap_or(0).min(end);
+        let start = list_segments(&log.dir)?
+            .first()
+            .copied()
+            .unwrap_or(0)
+            .min(end);
         Ok((start, end))
     }
 
     async fn commit(&self, queue: &str, partition: i32, offset: i64) -> Result<()> {
         if offset < 0 {
-            return Err(OmsError::bad_parameter(format!("offset {offset} is negative; commit the next offset to read")));
+            return Err(OmsError::bad_parameter(format!(
+                "offset {offset} is negative; commit the next offset to read"
+            )));
         }
         self.shared.store.queue(queue)?.partition(partition)?;
         self.offsets(queue)?.commit(partition, offset)
