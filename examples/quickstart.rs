@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use omstream::oms::{self, keyvalue, KeyValue, Message, OmsStatus, QueueConfig, SeekPosition, ServiceLifecycle};
+use omstream::oms::{
+    self, keyvalue, KeyValue, Message, OmsStatus, QueueConfig, SeekPosition, ServiceLifecycle,
+};
 
 const QUEUE: &str = "quickstart";
 const EVENTS: usize = 100_000;
@@ -20,13 +22,24 @@ const EVENTS: usize = 100_000;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The default URL: the embedded driver, region `default`. Where its data lives is printed below.
-    let url = std::env::var("OMSTREAM_URL").unwrap_or_else(|_| "oms:embedded://localhost/default".to_string());
+    let url = std::env::var("OMSTREAM_URL")
+        .unwrap_or_else(|_| "oms:embedded://localhost/default".to_string());
     let ap = oms::connect(&url, KeyValue::new()).await?;
-    println!("connected to {url} (data in {})", oms::embedded::default_data_root().join("default").display());
+    println!(
+        "connected to {url} (data in {})",
+        oms::embedded::default_data_root().join("default").display()
+    );
 
-    match ap.resource_manager().await?.create_queue(QUEUE, QueueConfig::with_partitions(4)).await {
+    match ap
+        .resource_manager()
+        .await?
+        .create_queue(QUEUE, QueueConfig::with_partitions(4))
+        .await
+    {
         Ok(()) => println!("created queue '{QUEUE}' with 4 partitions"),
-        Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => println!("queue '{QUEUE}' exists; adding to it"),
+        Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {
+            println!("queue '{QUEUE}' exists; adding to it")
+        }
         Err(e) => return Err(e.into()),
     }
 
@@ -39,24 +52,37 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|i| {
                 let customer = format!("customer-{}", i % 500);
-                let body = format!(r#"{{"order":{i},"customer":"{customer}","amount":{}}}"#, (i * 37) % 1000);
-                Message::new(QUEUE, body).with_key(customer).with_property("type", "order-created")
+                let body = format!(
+                    r#"{{"order":{i},"customer":"{customer}","amount":{}}}"#,
+                    (i * 37) % 1000
+                );
+                Message::new(QUEUE, body)
+                    .with_key(customer)
+                    .with_property("type", "order-created")
             })
             .collect();
         producer.send_batch(batch).await?;
     }
     let produce_secs = started.elapsed().as_secs_f64();
-    println!("sent {EVENTS} events in {produce_secs:.3}s ({:.0} msg/s)", EVENTS as f64 / produce_secs);
+    println!(
+        "sent {EVENTS} events in {produce_secs:.3}s ({:.0} msg/s)",
+        EVENTS as f64 / produce_secs
+    );
 
     // Consume as a group: start at the committed offsets, read what is there, commit.
-    let consumer = ap.create_streaming_consumer(KeyValue::new().with(keyvalue::CONSUMER_ID, "quickstart")).await?;
+    let consumer = ap
+        .create_streaming_consumer(KeyValue::new().with(keyvalue::CONSUMER_ID, "quickstart"))
+        .await?;
     consumer.start().await?;
     let started = Instant::now();
     let mut per_partition = BTreeMap::new();
     let mut amount_total: u64 = 0;
     for part in consumer.partitions(QUEUE).await? {
         let p = part.partition_id;
-        let from = consumer.committed(QUEUE, p).await?.map_or(SeekPosition::Beginning, SeekPosition::Offset);
+        let from = consumer
+            .committed(QUEUE, p)
+            .await?
+            .map_or(SeekPosition::Beginning, SeekPosition::Offset);
         let (_, end) = consumer.offset_range(QUEUE, p).await?;
         let mut reader = consumer.open(QUEUE, p, from).await?;
         let mut read = 0usize;
@@ -79,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
     println!("group 'quickstart' read {read} new events in {consume_secs:.3}s (JSON decoded; {:.0} msg/s)", read as f64 / consume_secs);
     println!("per partition: {per_partition:?}; total amount {amount_total}");
     let description = ap.resource_manager().await?.describe_queue(QUEUE).await?;
-    println!("queue '{QUEUE}' now holds {} events", description.message_count());
+    println!(
+        "queue '{QUEUE}' now holds {} events",
+        description.message_count()
+    );
     producer.stop().await?;
     Ok(())
 }

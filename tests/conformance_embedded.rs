@@ -4,12 +4,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omstream_core::oms::conformance::{Conformance, Outcome};
-use omstream_core::oms::embedded::{EMBEDDED_ACK_TIMEOUT_MS, EMBEDDED_DIR, EMBEDDED_MAX_MESSAGE_BYTES};
+use omstream_core::oms::embedded::{
+    EMBEDDED_ACK_TIMEOUT_MS, EMBEDDED_DIR, EMBEDDED_MAX_MESSAGE_BYTES,
+};
 use omstream_core::oms::{connect, KeyValue};
 
 async fn suite(dir: &tempfile::TempDir) -> Conformance {
-    let attrs = KeyValue::new().with(EMBEDDED_DIR, dir.path().display()).with(EMBEDDED_MAX_MESSAGE_BYTES, 1 << 20);
-    let ap = connect("oms:embedded://localhost/conformance", attrs).await.expect("connect");
+    let attrs = KeyValue::new()
+        .with(EMBEDDED_DIR, dir.path().display())
+        .with(EMBEDDED_MAX_MESSAGE_BYTES, 1 << 20);
+    let ap = connect("oms:embedded://localhost/conformance", attrs)
+        .await
+        .expect("connect");
     let mut suite = Conformance::new(Arc::clone(&ap));
     suite.consumer_attrs = KeyValue::new().with(EMBEDDED_ACK_TIMEOUT_MS, 300);
     suite.redelivery_wait = Duration::from_millis(300);
@@ -52,5 +58,8 @@ async fn run_all_reports_every_check() {
     let dir = tempfile::tempdir().unwrap();
     let report = suite(&dir).await.run_all().await;
     assert_eq!(report.len(), 15);
-    assert!(report.iter().all(|(_, o)| *o == Outcome::Passed), "{report:?}");
+    assert!(
+        report.iter().all(|(_, o)| *o == Outcome::Passed),
+        "{report:?}"
+    );
 }

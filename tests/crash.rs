@@ -20,7 +20,9 @@ const QUEUE: &str = "crash";
 
 fn attrs(root: &Path) -> KeyValue {
     // Small segments so that kills also land during segment rolls.
-    KeyValue::new().with(EMBEDDED_DIR, root.display()).with("EMBEDDED_SEGMENT_BYTES", 64 * 1024)
+    KeyValue::new()
+        .with(EMBEDDED_DIR, root.display())
+        .with("EMBEDDED_SEGMENT_BYTES", 64 * 1024)
 }
 
 /// Child: sends batches of sequence-numbered messages forever, printing `ACK <last seq>` after
@@ -28,13 +30,24 @@ fn attrs(root: &Path) -> KeyValue {
 #[test]
 #[ignore = "run only as a child process of the tests below"]
 fn child_producer() {
-    let Ok(spec) = std::env::var("OMSTREAM_TEST_CHILD") else { return };
+    let Ok(spec) = std::env::var("OMSTREAM_TEST_CHILD") else {
+        return;
+    };
     let parts: Vec<&str> = spec.split('|').collect();
-    let (root, writer, first): (&str, u32, u64) = (parts[0], parts[1].parse().unwrap(), parts[2].parse().unwrap());
+    let (root, writer, first): (&str, u32, u64) = (
+        parts[0],
+        parts[1].parse().unwrap(),
+        parts[2].parse().unwrap(),
+    );
     let partition: Option<i32> = parts[3].parse().ok();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let ap = connect("oms:embedded://localhost/crash", attrs(Path::new(root))).await.unwrap();
+        let ap = connect("oms:embedded://localhost/crash", attrs(Path::new(root)))
+            .await
+            .unwrap();
         let producer = ap.create_producer(KeyValue::new()).await.unwrap();
         producer.start().await.unwrap();
         let mut seq = first;
@@ -42,7 +55,10 @@ fn child_producer() {
             let batch: Vec<Message> = (0..50)
                 .map(|i| {
                     let s = seq + i;
-                    let m = Message::new(QUEUE, format!("{writer}:{s}:{}", "p".repeat((s % 97) as usize)));
+                    let m = Message::new(
+                        QUEUE,
+                        format!("{writer}:{s}:{}", "p".repeat((s % 97) as usize)),
+                    );
                     match partition {
                         Some(p) => m.with_partition(p),
                         None => m.with_key(format!("key-{}", s % 7)),
@@ -57,9 +73,19 @@ fn child_producer() {
 }
 
 fn spawn_child(root: &Path, writer: u32, first: u64, partition: Option<i32>) -> Child {
-    let spec = format!("{}|{writer}|{first}|{}", root.display(), partition.map_or("-".to_string(), |p| p.to_string()));
+    let spec = format!(
+        "{}|{writer}|{first}|{}",
+        root.display(),
+        partition.map_or("-".to_string(), |p| p.to_string())
+    );
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_producer", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_producer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("OMSTREAM_TEST_CHILD", spec)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -85,27 +111,43 @@ fn acks(child: &mut Child) -> mpsc::Receiver<u64> {
 
 /// Every message in the queue, per partition, parsed as (writer, seq).
 async fn read_back(root: &Path, partitions: u32) -> BTreeMap<i32, Vec<(u32, u64)>> {
-    let ap = connect("oms:embedded://localhost/crash", attrs(root)).await.unwrap();
+    let ap = connect("oms:embedded://localhost/crash", attrs(root))
+        .await
+        .unwrap();
     let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
     consumer.start().await.unwrap();
     let mut out = BTreeMap::new();
     for p in 0..partitions as i32 {
-        let mut reader = consumer.open(QUEUE, p, SeekPosition::Beginning).await.unwrap();
+        let mut reader = consumer
+            .open(QUEUE, p, SeekPosition::Beginning)
+            .await
+            .unwrap();
         let mut got = Vec::new();
         let mut expected_offset = 0;
         loop {
-            let batch = reader.poll_batch(10_000, Duration::from_millis(50)).await.unwrap();
+            let batch = reader
+                .poll_batch(10_000, Duration::from_millis(50))
+                .await
+                .unwrap();
             if batch.is_empty() {
                 break;
             }
             for m in batch {
-                assert_eq!(m.offset(), Some(expected_offset), "offsets are dense in partition {p}");
+                assert_eq!(
+                    m.offset(),
+                    Some(expected_offset),
+                    "offsets are dense in partition {p}"
+                );
                 expected_offset += 1;
                 let text = std::str::from_utf8(&m.data).unwrap();
                 let mut f = text.split(':');
                 let writer: u32 = f.next().unwrap().parse().unwrap();
                 let seq: u64 = f.next().unwrap().parse().unwrap();
-                assert_eq!(f.next().unwrap().len() as u64, seq % 97, "body of seq {seq} is intact");
+                assert_eq!(
+                    f.next().unwrap().len() as u64,
+                    seq % 97,
+                    "body of seq {seq} is intact"
+                );
                 got.push((writer, seq));
             }
         }
@@ -118,8 +160,15 @@ async fn read_back(root: &Path, partitions: u32) -> BTreeMap<i32, Vec<(u32, u64)
 async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let ap = connect("oms:embedded://localhost/crash", attrs(root)).await.unwrap();
-    ap.resource_manager().await.unwrap().create_queue(QUEUE, QueueConfig::with_partitions(3)).await.unwrap();
+    let ap = connect("oms:embedded://localhost/crash", attrs(root))
+        .await
+        .unwrap();
+    ap.resource_manager()
+        .await
+        .unwrap()
+        .create_queue(QUEUE, QueueConfig::with_partitions(3))
+        .await
+        .unwrap();
     let mut rng = rand::rng();
     let mut acked: Vec<(u64, u64)> = Vec::new();
     for round in 0..8u64 {
@@ -127,7 +176,9 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
         let mut child = spawn_child(root, round as u32, first, None);
         let rx = acks(&mut child);
         // Let it get going, then kill it at a random moment.
-        let _ = rx.recv_timeout(Duration::from_secs(30)).expect("the child acknowledged nothing");
+        let _ = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the child acknowledged nothing");
         std::thread::sleep(Duration::from_millis(rng.random_range(5..300)));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -141,7 +192,10 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
         for &(writer, seq) in msgs {
             assert!(seen.insert(seq), "seq {seq} stored twice");
             if let Some(prev) = last_per_writer.insert(writer, seq) {
-                assert!(seq > prev, "partition {p}: writer {writer} wrote {seq} after {prev}");
+                assert!(
+                    seq > prev,
+                    "partition {p}: writer {writer} wrote {seq} after {prev}"
+                );
             }
         }
     }
@@ -156,12 +210,22 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
 async fn concurrent_processes_never_interleave_a_partition() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let ap = connect("oms:embedded://localhost/crash", attrs(root)).await.unwrap();
-    ap.resource_manager().await.unwrap().create_queue(QUEUE, QueueConfig::with_partitions(1)).await.unwrap();
+    let ap = connect("oms:embedded://localhost/crash", attrs(root))
+        .await
+        .unwrap();
+    ap.resource_manager()
+        .await
+        .unwrap()
+        .create_queue(QUEUE, QueueConfig::with_partitions(1))
+        .await
+        .unwrap();
     // A live reader in this process sees the children's writes without a restart.
     let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
     consumer.start().await.unwrap();
-    let mut live = consumer.open(QUEUE, 0, SeekPosition::Beginning).await.unwrap();
+    let mut live = consumer
+        .open(QUEUE, 0, SeekPosition::Beginning)
+        .await
+        .unwrap();
     let mut children: Vec<(Child, mpsc::Receiver<u64>)> = (0..3u32)
         .map(|w| {
             let mut c = spawn_child(root, w, u64::from(w) * 10_000_000, Some(0));
@@ -192,9 +256,22 @@ async fn concurrent_processes_never_interleave_a_partition() {
     for (w, seqs) in &per_writer {
         let first = u64::from(*w) * 10_000_000;
         // Each writer's messages are whole batches, contiguous and in order.
-        assert!(seqs.iter().enumerate().all(|(i, s)| *s == first + i as u64), "writer {w} has gaps or reordering");
+        assert!(
+            seqs.iter().enumerate().all(|(i, s)| *s == first + i as u64),
+            "writer {w} has gaps or reordering"
+        );
+        // The writers were killed mid-batch too: a batch is stored whole or not at all.
+        assert_eq!(
+            seqs.len() % 50,
+            0,
+            "writer {w} has a partial batch of {} messages",
+            seqs.len() % 50
+        );
         if let Some(Some(last)) = last_acked.get(*w as usize) {
-            assert!(seqs.last().copied().unwrap_or(0) >= *last, "writer {w}: acknowledged {last} missing");
+            assert!(
+                seqs.last().copied().unwrap_or(0) >= *last,
+                "writer {w}: acknowledged {last} missing"
+            );
         }
     }
     assert!(per_writer.len() == 3, "all three writers wrote");

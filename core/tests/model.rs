@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use omstream_core::oms::embedded::{EMBEDDED_DIR, EMBEDDED_SEGMENT_BYTES};
 use omstream_core::oms::{
-    connect, keyvalue, KeyValue, Message, MessagingAccessPoint, Producer, QueueConfig, SeekPosition, ServiceLifecycle,
+    connect, keyvalue, KeyValue, Message, MessagingAccessPoint, Producer, QueueConfig,
+    SeekPosition, ServiceLifecycle,
 };
 use proptest::prelude::*;
 
@@ -19,7 +20,11 @@ const QUEUE: &str = "model";
 #[derive(Debug, Clone)]
 enum Op {
     /// Sends `count` messages of `len` bytes to a partition, in one batch.
-    Send { partition: i32, count: usize, len: usize },
+    Send {
+        partition: i32,
+        count: usize,
+        len: usize,
+    },
     /// Reads a partition from an offset and compares with the model.
     Read { partition: i32, from: i64 },
     /// Commits an offset for the group.
@@ -47,15 +52,22 @@ struct Live {
 }
 
 async fn open(root: &Path) -> Live {
-    let attrs = KeyValue::new().with(EMBEDDED_DIR, root.display()).with(EMBEDDED_SEGMENT_BYTES, 4096);
-    let ap = connect("oms:embedded://localhost/model", attrs).await.unwrap();
+    let attrs = KeyValue::new()
+        .with(EMBEDDED_DIR, root.display())
+        .with(EMBEDDED_SEGMENT_BYTES, 4096);
+    let ap = connect("oms:embedded://localhost/model", attrs)
+        .await
+        .unwrap();
     let producer = ap.create_producer(KeyValue::new()).await.unwrap();
     producer.start().await.unwrap();
     Live { ap, producer }
 }
 
 fn active_segment(root: &Path, partition: i32) -> PathBuf {
-    let dir = root.join("model/namespaces/default").join(QUEUE).join(format!("p-{partition}"));
+    let dir = root
+        .join("model/namespaces/default")
+        .join(QUEUE)
+        .join(format!("p-{partition}"));
     let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -75,16 +87,29 @@ async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let mut live = open(root).await;
-    live.ap.resource_manager().await.unwrap().create_queue(QUEUE, QueueConfig::with_partitions(PARTITIONS)).await.unwrap();
+    live.ap
+        .resource_manager()
+        .await
+        .unwrap()
+        .create_queue(QUEUE, QueueConfig::with_partitions(PARTITIONS))
+        .await
+        .unwrap();
     let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); PARTITIONS as usize];
     let mut committed: Vec<Option<i64>> = vec![None; PARTITIONS as usize];
     let group = KeyValue::new().with(keyvalue::CONSUMER_ID, "g");
     for op in ops {
         match op {
-            Op::Send { partition, count, len } => {
+            Op::Send {
+                partition,
+                count,
+                len,
+            } => {
                 let p = partition as usize;
                 let batch: Vec<Message> = (0..count)
-                    .map(|i| Message::new(QUEUE, body(partition, model[p].len() + i, len)).with_partition(partition))
+                    .map(|i| {
+                        Message::new(QUEUE, body(partition, model[p].len() + i, len))
+                            .with_partition(partition)
+                    })
                     .collect();
                 let results = live.producer.send_batch(batch).await.unwrap();
                 for (i, r) in results.iter().enumerate() {
@@ -97,14 +122,24 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Read { partition, from } => {
                 let p = partition as usize;
-                let consumer = live.ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+                let consumer = live
+                    .ap
+                    .create_streaming_consumer(KeyValue::new())
+                    .await
+                    .unwrap();
                 consumer.start().await.unwrap();
-                let mut reader = consumer.open(QUEUE, partition, SeekPosition::Offset(from)).await.unwrap();
+                let mut reader = consumer
+                    .open(QUEUE, partition, SeekPosition::Offset(from))
+                    .await
+                    .unwrap();
                 let expected_from = (from as usize).min(model[p].len());
                 assert_eq!(reader.position(), expected_from as i64);
                 let mut got = Vec::new();
                 loop {
-                    let batch = reader.poll_batch(1000, Duration::from_millis(1)).await.unwrap();
+                    let batch = reader
+                        .poll_batch(1000, Duration::from_millis(1))
+                        .await
+                        .unwrap();
                     if batch.is_empty() {
                         break;
                     }
@@ -120,7 +155,11 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!((start, end), (0, model[p].len() as i64));
             }
             Op::Commit { partition, offset } => {
-                let consumer = live.ap.create_streaming_consumer(group.clone()).await.unwrap();
+                let consumer = live
+                    .ap
+                    .create_streaming_consumer(group.clone())
+                    .await
+                    .unwrap();
                 consumer.start().await.unwrap();
                 consumer.commit(QUEUE, partition, offset).await.unwrap();
                 committed[partition as usize] = Some(offset);
@@ -131,7 +170,10 @@ async fn run(ops: Vec<Op>) {
             }
             Op::TearTail { partition, garbage } => {
                 drop(live);
-                let mut f = OpenOptions::new().append(true).open(active_segment(root, partition)).unwrap();
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(active_segment(root, partition))
+                    .unwrap();
                 // A plausible length prefix makes the torn record look like the start of a real one.
                 let mut torn = ((garbage.len() + 100) as u32).to_le_bytes().to_vec();
                 torn.extend_from_slice(&garbage);
@@ -139,10 +181,18 @@ async fn run(ops: Vec<Op>) {
                 live = open(root).await;
             }
         }
-        let consumer = live.ap.create_streaming_consumer(group.clone()).await.unwrap();
+        let consumer = live
+            .ap
+            .create_streaming_consumer(group.clone())
+            .await
+            .unwrap();
         consumer.start().await.unwrap();
         for p in 0..PARTITIONS as i32 {
-            assert_eq!(consumer.committed(QUEUE, p).await.unwrap(), committed[p as usize], "committed offset of {p}");
+            assert_eq!(
+                consumer.committed(QUEUE, p).await.unwrap(),
+                committed[p as usize],
+                "committed offset of {p}"
+            );
         }
     }
 }
@@ -160,12 +210,33 @@ proptest! {
 #[test]
 fn torn_tail_then_roll_regression() {
     let ops = vec![
-        Op::Send { partition: 0, count: 30, len: 120 },
-        Op::TearTail { partition: 0, garbage: vec![7; 50] },
-        Op::Send { partition: 0, count: 30, len: 120 },
-        Op::Read { partition: 0, from: 0 },
+        Op::Send {
+            partition: 0,
+            count: 30,
+            len: 120,
+        },
+        Op::TearTail {
+            partition: 0,
+            garbage: vec![7; 50],
+        },
+        Op::Send {
+            partition: 0,
+            count: 30,
+            len: 120,
+        },
+        Op::Read {
+            partition: 0,
+            from: 0,
+        },
         Op::Restart,
-        Op::Read { partition: 0, from: 25 },
+        Op::Read {
+            partition: 0,
+            from: 25,
+        },
     ];
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(ops));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(ops));
 }

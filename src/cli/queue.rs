@@ -47,16 +47,17 @@ async fn create(
     };
     match resources.create_queue(&args.name, config).await {
         Ok(()) => Ok(print(&format!(
-            "created queue {} with {} partitions\n",
-            args.name, args.partitions
+            "created queue {} with {}\n",
+            args.name,
+            partitions_phrase(args.partitions as usize)
         ))?),
         Err(err) if args.if_not_exists && err.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {
             // Say what exists, so that a script that asked for other settings can notice.
             let existing = resources.describe_queue(&args.name).await?;
             Ok(print(&format!(
-                "queue {} exists already with {} partitions\n",
+                "queue {} exists already with {}\n",
                 args.name,
-                existing.partitions.len()
+                partitions_phrase(existing.partitions.len())
             ))?)
         }
         Err(err) => Err(err.into()),
@@ -165,5 +166,14 @@ mod tests {
             retention_text(&RetentionPolicy::default()),
             "keep everything"
         );
+    }
+}
+
+/// "1 partition", "4 partitions".
+fn partitions_phrase(n: usize) -> String {
+    if n == 1 {
+        "1 partition".to_string()
+    } else {
+        format!("{n} partitions")
     }
 }

@@ -43,7 +43,10 @@ pub trait MessagingAccessPoint: ServiceLifecycle + fmt::Debug {
         Ok(PushConsumer::new(pull, 256))
     }
     /// A streaming consumer; its group (for committed offsets) is the `CONSUMER_ID` attribute.
-    async fn create_streaming_consumer(&self, attrs: KeyValue) -> Result<Arc<dyn StreamingConsumer>>;
+    async fn create_streaming_consumer(
+        &self,
+        attrs: KeyValue,
+    ) -> Result<Arc<dyn StreamingConsumer>>;
     /// The resource manager.
     async fn resource_manager(&self) -> Result<Arc<dyn ResourceManager>>;
 }
@@ -58,7 +61,11 @@ pub trait Driver: Send + Sync {
         "1.0.0"
     }
     /// Connects; `attrs` hold the URL's parts under the standard keys.
-    async fn connect(&self, uri: &AccessPointUri, attrs: KeyValue) -> Result<Arc<dyn MessagingAccessPoint>>;
+    async fn connect(
+        &self,
+        uri: &AccessPointUri,
+        attrs: KeyValue,
+    ) -> Result<Arc<dyn MessagingAccessPoint>>;
 }
 
 /// The drivers an application can connect with, by type. This replaces the spec's reflective
@@ -87,7 +94,9 @@ pub struct DriverRegistry {
 
 impl fmt::Debug for DriverRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DriverRegistry").field("drivers", &self.drivers.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("DriverRegistry")
+            .field("drivers", &self.drivers.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -113,7 +122,8 @@ impl DriverRegistry {
 
     /// Adds (or replaces) a driver under its type.
     pub fn register(&mut self, driver: Arc<dyn Driver>) -> &mut Self {
-        self.drivers.insert(driver.driver_type().to_ascii_lowercase(), driver);
+        self.drivers
+            .insert(driver.driver_type().to_ascii_lowercase(), driver);
         self
     }
 
@@ -125,10 +135,17 @@ impl DriverRegistry {
     /// Parses `url`, fills the standard attributes (`ACCESS_POINTS`, `DRIVER_IMPL`, `REGION`,
     /// `ACCOUNT_ID`), picks the driver (the `DRIVER_IMPL` attribute wins over the URL's type),
     /// checks its spec version and connects.
-    pub async fn connect(&self, url: &str, attrs: KeyValue) -> Result<Arc<dyn MessagingAccessPoint>> {
+    pub async fn connect(
+        &self,
+        url: &str,
+        attrs: KeyValue,
+    ) -> Result<Arc<dyn MessagingAccessPoint>> {
         let uri: AccessPointUri = url.parse()?;
         let mut attrs = attrs;
-        let driver_name = attrs.get_str(keyvalue::DRIVER_IMPL).unwrap_or(&uri.driver_type).to_ascii_lowercase();
+        let driver_name = attrs
+            .get_str(keyvalue::DRIVER_IMPL)
+            .unwrap_or(&uri.driver_type)
+            .to_ascii_lowercase();
         let driver = self.drivers.get(&driver_name).ok_or_else(|| {
             OmsError::new(
                 OmsErrorKind::DriverLoad,
@@ -143,7 +160,10 @@ impl DriverRegistry {
             OmsError::new(
                 OmsErrorKind::DriverLoad,
                 OmsStatus::ILLEGAL_DRIVER_VERSION,
-                format!("driver '{driver_name}' reports spec version '{}', not major.minor", driver.spec_version()),
+                format!(
+                    "driver '{driver_name}' reports spec version '{}', not major.minor",
+                    driver.spec_version()
+                ),
             )
         })?;
         let ours = major_minor(SPEC_VERSION).unwrap_or((1, 0));
@@ -186,7 +206,11 @@ mod tests {
         fn spec_version(&self) -> &str {
             "0.3.1-alpha"
         }
-        async fn connect(&self, _: &AccessPointUri, _: KeyValue) -> Result<Arc<dyn MessagingAccessPoint>> {
+        async fn connect(
+            &self,
+            _: &AccessPointUri,
+            _: KeyValue,
+        ) -> Result<Arc<dyn MessagingAccessPoint>> {
             Err(OmsError::storage("never reached"))
         }
     }
@@ -194,13 +218,22 @@ mod tests {
     #[tokio::test]
     async fn unknown_driver_and_version_mismatch_have_their_codes() {
         let mut registry = DriverRegistry::with_builtin();
-        let err = registry.connect("oms:nats://localhost:4222/r", KeyValue::new()).await.unwrap_err();
+        let err = registry
+            .connect("oms:nats://localhost:4222/r", KeyValue::new())
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), OmsStatus::DRIVER_CONSTRUCTION_FAILED);
         assert!(err.to_string().contains("known drivers: embedded"), "{err}");
         registry.register(Arc::new(OldDriver));
-        let err = registry.connect("oms:old://h/r", KeyValue::new()).await.unwrap_err();
+        let err = registry
+            .connect("oms:old://h/r", KeyValue::new())
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), OmsStatus::SPEC_VERSION_MISMATCH);
-        let err = registry.connect("oms:://h/r", KeyValue::new()).await.unwrap_err();
+        let err = registry
+            .connect("oms:://h/r", KeyValue::new())
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), OmsStatus::ILLEGAL_ACCESS_POINT);
     }
 

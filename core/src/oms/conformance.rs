@@ -14,9 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    keyvalue, AckContext, InterceptorContext, KeyValue, Message, MessageListener, MessagingAccessPoint, OmsError,
-    OmsErrorKind, OmsStatus, PartitionReader, ProducerInterceptor, QueueConfig, SeekPosition, ServiceLifeState,
-    ServiceLifecycle, TransactionState, TransactionStateCheckListener,
+    keyvalue, AckContext, InterceptorContext, KeyValue, Message, MessageListener,
+    MessagingAccessPoint, OmsError, OmsErrorKind, OmsStatus, PartitionReader, ProducerInterceptor,
+    QueueConfig, SeekPosition, ServiceLifeState, ServiceLifecycle, TransactionState,
+    TransactionStateCheckListener,
 };
 
 /// How one check ended.
@@ -78,7 +79,11 @@ impl Conformance {
             std::process::id(),
             QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        self.access_point.resource_manager().await?.create_queue(&name, QueueConfig::with_partitions(partitions)).await?;
+        self.access_point
+            .resource_manager()
+            .await?
+            .create_queue(&name, QueueConfig::with_partitions(partitions))
+            .await?;
         Ok(name)
     }
 
@@ -88,8 +93,16 @@ impl Conformance {
         Ok(p)
     }
 
-    async fn reader(&self, queue: &str, partition: i32, at: SeekPosition) -> Result<Box<dyn PartitionReader>, OmsError> {
-        let c = self.access_point.create_streaming_consumer(self.consumer_attrs.clone()).await?;
+    async fn reader(
+        &self,
+        queue: &str,
+        partition: i32,
+        at: SeekPosition,
+    ) -> Result<Box<dyn PartitionReader>, OmsError> {
+        let c = self
+            .access_point
+            .create_streaming_consumer(self.consumer_attrs.clone())
+            .await?;
         c.start().await?;
         c.open(queue, partition, at).await
     }
@@ -99,12 +112,21 @@ impl Conformance {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while out.len() < n && tokio::time::Instant::now() < deadline {
-            out.extend(reader.poll_batch(n - out.len(), Duration::from_millis(200)).await?);
+            out.extend(
+                reader
+                    .poll_batch(n - out.len(), Duration::from_millis(200))
+                    .await?,
+            );
         }
         Ok(out)
     }
 
-    async fn read_all_partitions(&self, queue: &str, partitions: u32, n: usize) -> Result<Vec<Message>, OmsError> {
+    async fn read_all_partitions(
+        &self,
+        queue: &str,
+        partitions: u32,
+        n: usize,
+    ) -> Result<Vec<Message>, OmsError> {
         let mut all = Vec::new();
         for p in 0..partitions as i32 {
             let mut r = self.reader(queue, p, SeekPosition::Beginning).await?;
@@ -116,7 +138,11 @@ impl Conformance {
                 all.extend(batch);
             }
         }
-        ensure!(all.len() == n, "expected {n} messages in {queue}, read {}", all.len());
+        ensure!(
+            all.len() == n,
+            "expected {n} messages in {queue}, read {}",
+            all.len()
+        );
         Ok(all)
     }
 
@@ -165,30 +191,64 @@ impl Conformance {
     async fn send_and_receive_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
-        let mut m = Message::new(&q, "hello").with_key("k1").with_property("app", "conformance");
+        let mut m = Message::new(&q, "hello")
+            .with_key("k1")
+            .with_property("app", "conformance");
         m.extension_header.correlation_id = Some("corr-1".into());
         m.extension_header.trace_id = Some("trace-1".into());
         m.extension_header.priority = Some(7);
         let sent = producer.send(m).await?;
-        ensure!(!sent.message_id.is_empty(), "send returned an empty message id");
-        ensure!(sent.partition == 0 && sent.offset == 0, "first message should be at 0/0, got {sent:?}");
+        ensure!(
+            !sent.message_id.is_empty(),
+            "send returned an empty message id"
+        );
+        ensure!(
+            sent.partition == 0 && sent.offset == 0,
+            "first message should be at 0/0, got {sent:?}"
+        );
         let mut r = self.reader(&q, 0, SeekPosition::Beginning).await?;
         let got = Self::read_n(r.as_mut(), 1).await?;
         ensure!(got.len() == 1, "the sent message was not received");
         let g = &got[0];
-        ensure!(g.message_id() == Some(sent.message_id.as_str()), "received id {:?} != sent {}", g.message_id(), sent.message_id);
-        ensure!(g.destination() == q, "destination {} != {q}", g.destination());
+        ensure!(
+            g.message_id() == Some(sent.message_id.as_str()),
+            "received id {:?} != sent {}",
+            g.message_id(),
+            sent.message_id
+        );
+        ensure!(
+            g.destination() == q,
+            "destination {} != {q}",
+            g.destination()
+        );
         ensure!(&g.data[..] == b"hello", "body changed");
         ensure!(g.key() == Some("k1"), "key lost");
-        ensure!(g.properties.get_str("app") == Some("conformance"), "property lost: {:?}", g.properties);
+        ensure!(
+            g.properties.get_str("app") == Some("conformance"),
+            "property lost: {:?}",
+            g.properties
+        );
         let x = &g.extension_header;
-        ensure!(x.correlation_id.as_deref() == Some("corr-1") && x.trace_id.as_deref() == Some("trace-1"), "ids lost");
+        ensure!(
+            x.correlation_id.as_deref() == Some("corr-1")
+                && x.trace_id.as_deref() == Some("trace-1"),
+            "ids lost"
+        );
         ensure!(x.priority == Some(7), "priority lost");
         let born = g.header.born_timestamp.unwrap_or(0);
-        ensure!(born > 0 && g.header.born_host.is_some(), "born headers not set");
-        ensure!(x.store_timestamp.is_some_and(|s| s >= born - 1000), "store timestamp missing or far before born");
+        ensure!(
+            born > 0 && g.header.born_host.is_some(),
+            "born headers not set"
+        );
+        ensure!(
+            x.store_timestamp.is_some_and(|s| s >= born - 1000),
+            "store timestamp missing or far before born"
+        );
         ensure!(x.store_host.is_some(), "store host missing");
-        ensure!(x.offset == Some(0) && x.partition == Some(0), "partition/offset not filled in");
+        ensure!(
+            x.offset == Some(0) && x.partition == Some(0),
+            "partition/offset not filled in"
+        );
         Ok(())
     }
 
@@ -200,16 +260,32 @@ impl Conformance {
     async fn batch_and_oneway_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = Arc::new(self.producer().await?);
-        let batch: Vec<Message> = (0..100).map(|i| Message::new(&q, format!("m{i}"))).collect();
+        let batch: Vec<Message> = (0..100)
+            .map(|i| Message::new(&q, format!("m{i}")))
+            .collect();
         let results = producer.send_batch(batch).await?;
-        ensure!(results.len() == 100, "100 results expected, got {}", results.len());
-        let ids: std::collections::HashSet<_> = results.iter().map(|r| r.message_id.clone()).collect();
+        ensure!(
+            results.len() == 100,
+            "100 results expected, got {}",
+            results.len()
+        );
+        let ids: std::collections::HashSet<_> =
+            results.iter().map(|r| r.message_id.clone()).collect();
         ensure!(ids.len() == 100, "message ids are not unique");
-        ensure!(results.iter().enumerate().all(|(i, r)| r.offset == i as i64), "batch offsets not consecutive");
+        ensure!(
+            results
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.offset == i as i64),
+            "batch offsets not consecutive"
+        );
         producer.send_oneway(Message::new(&q, "oneway"));
         let mut r = self.reader(&q, 0, SeekPosition::Offset(100)).await?;
         let got = Self::read_n(r.as_mut(), 1).await?;
-        ensure!(got.len() == 1 && &got[0].data[..] == b"oneway", "the one-way message did not arrive");
+        ensure!(
+            got.len() == 1 && &got[0].data[..] == b"oneway",
+            "the one-way message did not arrive"
+        );
         Ok(())
     }
 
@@ -237,12 +313,22 @@ impl Conformance {
         for m in &all {
             let key = m.key().unwrap_or_default().to_string();
             let p = m.partition().unwrap_or(-1);
-            ensure!(*partition_of.entry(key.clone()).or_insert(p) == p, "key {key} is in two partitions");
-            let seq: i64 = std::str::from_utf8(&m.data).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
+            ensure!(
+                *partition_of.entry(key.clone()).or_insert(p) == p,
+                "key {key} is in two partitions"
+            );
+            let seq: i64 = std::str::from_utf8(&m.data)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1);
             let last = last_seq.insert(key.clone(), seq).unwrap_or(-1);
             ensure!(seq > last, "key {key}: {seq} came after {last}");
             let expected = next_offset.entry(p).or_insert(0i64);
-            ensure!(m.offset() == Some(*expected), "partition {p}: offset {:?}, expected {expected}", m.offset());
+            ensure!(
+                m.offset() == Some(*expected),
+                "partition {p}: offset {:?}, expected {expected}",
+                m.offset()
+            );
             *expected += 1;
         }
         Ok(())
@@ -256,10 +342,22 @@ impl Conformance {
     async fn explicit_partition_inner(&self) -> Check {
         let q = self.queue(3).await?;
         let producer = self.producer().await?;
-        let sent = producer.send(Message::new(&q, "x").with_partition(2)).await?;
-        ensure!(sent.partition == 2, "asked for partition 2, got {}", sent.partition);
-        let err = producer.send(Message::new(&q, "x").with_partition(9)).await.err();
-        ensure!(err.as_ref().map(OmsError::status) == Some(OmsStatus::BAD_PARAMETER), "partition 9 of 3: {err:?}");
+        let sent = producer
+            .send(Message::new(&q, "x").with_partition(2))
+            .await?;
+        ensure!(
+            sent.partition == 2,
+            "asked for partition 2, got {}",
+            sent.partition
+        );
+        let err = producer
+            .send(Message::new(&q, "x").with_partition(9))
+            .await
+            .err();
+        ensure!(
+            err.as_ref().map(OmsError::status) == Some(OmsStatus::BAD_PARAMETER),
+            "partition 9 of 3: {err:?}"
+        );
         Ok(())
     }
 
@@ -271,24 +369,51 @@ impl Conformance {
     async fn seek_by_offset_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
-        producer.send_batch((0..10).map(|i| Message::new(&q, i.to_string())).collect()).await?;
+        producer
+            .send_batch((0..10).map(|i| Message::new(&q, i.to_string())).collect())
+            .await?;
         let mut r = self.reader(&q, 0, SeekPosition::Offset(5)).await?;
-        ensure!(r.position() == 5, "position after seek to 5 is {}", r.position());
+        ensure!(
+            r.position() == 5,
+            "position after seek to 5 is {}",
+            r.position()
+        );
         let got = Self::read_n(r.as_mut(), 5).await?;
-        ensure!(got.first().and_then(Message::offset) == Some(5) && got.len() == 5, "seek to 5 read {:?}", got.first().map(Message::offset));
+        ensure!(
+            got.first().and_then(Message::offset) == Some(5) && got.len() == 5,
+            "seek to 5 read {:?}",
+            got.first().map(Message::offset)
+        );
         let mut begin = self.reader(&q, 0, SeekPosition::Beginning).await?;
-        ensure!(Self::read_n(begin.as_mut(), 10).await?.len() == 10, "beginning should read all 10");
+        ensure!(
+            Self::read_n(begin.as_mut(), 10).await?.len() == 10,
+            "beginning should read all 10"
+        );
         let mut end = self.reader(&q, 0, SeekPosition::End).await?;
         let mut past = self.reader(&q, 0, SeekPosition::Offset(1000)).await?;
-        ensure!(end.poll_batch(10, Duration::from_millis(100)).await?.is_empty(), "a reader at the end read old messages");
+        ensure!(
+            end.poll_batch(10, Duration::from_millis(100))
+                .await?
+                .is_empty(),
+            "a reader at the end read old messages"
+        );
         producer.send(Message::new(&q, "new")).await?;
         for r in [&mut end, &mut past] {
             let got = Self::read_n(r.as_mut(), 1).await?;
-            ensure!(got.len() == 1 && got[0].offset() == Some(10), "a reader at the end should see the new message at 10");
+            ensure!(
+                got.len() == 1 && got[0].offset() == Some(10),
+                "a reader at the end should see the new message at 10"
+            );
         }
-        let c = self.access_point.create_streaming_consumer(KeyValue::new()).await?;
+        let c = self
+            .access_point
+            .create_streaming_consumer(KeyValue::new())
+            .await?;
         c.start().await?;
-        ensure!(c.offset_range(&q, 0).await? == (0, 11), "offset range should be (0, 11)");
+        ensure!(
+            c.offset_range(&q, 0).await? == (0, 11),
+            "offset range should be (0, 11)"
+        );
         Ok(())
     }
 
@@ -300,18 +425,45 @@ impl Conformance {
     async fn seek_by_timestamp_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
-        producer.send_batch((0..5).map(|i| Message::new(&q, format!("old{i}"))).collect()).await?;
+        producer
+            .send_batch(
+                (0..5)
+                    .map(|i| Message::new(&q, format!("old{i}")))
+                    .collect(),
+            )
+            .await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let t = super::now_millis();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        producer.send_batch((0..5).map(|i| Message::new(&q, format!("new{i}"))).collect()).await?;
-        let c = self.access_point.create_streaming_consumer(KeyValue::new()).await?;
+        producer
+            .send_batch(
+                (0..5)
+                    .map(|i| Message::new(&q, format!("new{i}")))
+                    .collect(),
+            )
+            .await?;
+        let c = self
+            .access_point
+            .create_streaming_consumer(KeyValue::new())
+            .await?;
         c.start().await?;
-        ensure!(c.offset_for_timestamp(&q, 0, t).await? == Some(5), "offset for the timestamp should be 5");
-        ensure!(c.offset_for_timestamp(&q, 0, t + 3_600_000).await?.is_none(), "a future timestamp has no offset");
+        ensure!(
+            c.offset_for_timestamp(&q, 0, t).await? == Some(5),
+            "offset for the timestamp should be 5"
+        );
+        ensure!(
+            c.offset_for_timestamp(&q, 0, t + 3_600_000)
+                .await?
+                .is_none(),
+            "a future timestamp has no offset"
+        );
         let mut r = c.open(&q, 0, SeekPosition::Timestamp(t)).await?;
         let got = Self::read_n(r.as_mut(), 5).await?;
-        ensure!(got.first().map(|m| &m.data[..]) == Some(&b"new0"[..]), "timestamp seek read {:?}", got.first().map(|m| m.data.clone()));
+        ensure!(
+            got.first().map(|m| &m.data[..]) == Some(&b"new0"[..]),
+            "timestamp seek read {:?}",
+            got.first().map(|m| m.data.clone())
+        );
         Ok(())
     }
 
@@ -323,22 +475,44 @@ impl Conformance {
     async fn group_offsets_inner(&self) -> Check {
         let q = self.queue(2).await?;
         let group = format!("g-{}", QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed));
-        let attrs = self.consumer_attrs.clone().with(keyvalue::CONSUMER_ID, &group);
-        let c = self.access_point.create_streaming_consumer(attrs.clone()).await?;
+        let attrs = self
+            .consumer_attrs
+            .clone()
+            .with(keyvalue::CONSUMER_ID, &group);
+        let c = self
+            .access_point
+            .create_streaming_consumer(attrs.clone())
+            .await?;
         c.start().await?;
-        ensure!(c.committed(&q, 1).await?.is_none(), "a new group has no committed offset");
+        ensure!(
+            c.committed(&q, 1).await?.is_none(),
+            "a new group has no committed offset"
+        );
         c.commit(&q, 1, 5).await?;
         c.stop().await?;
         let again = self.access_point.create_streaming_consumer(attrs).await?;
         again.start().await?;
-        ensure!(again.committed(&q, 1).await? == Some(5), "the committed offset did not survive the consumer");
-        ensure!(again.committed(&q, 0).await?.is_none(), "partitions are committed separately");
+        ensure!(
+            again.committed(&q, 1).await? == Some(5),
+            "the committed offset did not survive the consumer"
+        );
+        ensure!(
+            again.committed(&q, 0).await?.is_none(),
+            "partitions are committed separately"
+        );
         let other = self
             .access_point
-            .create_streaming_consumer(self.consumer_attrs.clone().with(keyvalue::CONSUMER_ID, format!("{group}-other")))
+            .create_streaming_consumer(
+                self.consumer_attrs
+                    .clone()
+                    .with(keyvalue::CONSUMER_ID, format!("{group}-other")),
+            )
             .await?;
         other.start().await?;
-        ensure!(other.committed(&q, 1).await?.is_none(), "groups are separate");
+        ensure!(
+            other.committed(&q, 1).await?.is_none(),
+            "groups are separate"
+        );
         Ok(())
     }
 
@@ -351,36 +525,72 @@ impl Conformance {
     async fn pull_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
-        producer.send_batch((0..3).map(|i| Message::new(&q, format!("p{i}"))).collect()).await?;
+        producer
+            .send_batch((0..3).map(|i| Message::new(&q, format!("p{i}"))).collect())
+            .await?;
         let group = format!("pull-{}", QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed));
-        let attrs = self.consumer_attrs.clone().with(keyvalue::CONSUMER_ID, &group);
-        let consumer = self.access_point.create_pull_consumer(attrs.clone()).await?;
+        let attrs = self
+            .consumer_attrs
+            .clone()
+            .with(keyvalue::CONSUMER_ID, &group);
+        let consumer = self
+            .access_point
+            .create_pull_consumer(attrs.clone())
+            .await?;
         consumer.bind_queues(std::slice::from_ref(&q)).await?;
         consumer.start().await?;
         let mut got = Vec::new();
         while got.len() < 3 {
             let batch = consumer.batch_receive(3 - got.len(), PATIENCE).await?;
-            ensure!(!batch.is_empty(), "pull consumer received {} of 3", got.len());
+            ensure!(
+                !batch.is_empty(),
+                "pull consumer received {} of 3",
+                got.len()
+            );
             got.extend(batch);
         }
-        ensure!(got.iter().all(|m| m.extension_header.delivery_count == 1), "first deliveries count 1");
+        ensure!(
+            got.iter().all(|m| m.extension_header.delivery_count == 1),
+            "first deliveries count 1"
+        );
         for m in &got[..2] {
-            consumer.ack(m.receipt.as_ref().expect("received messages carry a receipt")).await?;
+            consumer
+                .ack(
+                    m.receipt
+                        .as_ref()
+                        .expect("received messages carry a receipt"),
+                )
+                .await?;
         }
         let again = consumer.receive(self.redelivery_wait + PATIENCE).await?;
-        let again = again.unwrap_or_else(|| panic!("conformance: the unacknowledged message was not redelivered"));
+        let again = again.unwrap_or_else(|| {
+            panic!("conformance: the unacknowledged message was not redelivered")
+        });
         ensure!(&again.data[..] == b"p2", "redelivered the wrong message");
-        ensure!(again.extension_header.delivery_count == 2, "redelivery count {}", again.extension_header.delivery_count);
-        consumer.ack(again.receipt.as_ref().expect("receipt")).await?;
+        ensure!(
+            again.extension_header.delivery_count == 2,
+            "redelivery count {}",
+            again.extension_header.delivery_count
+        );
+        consumer
+            .ack(again.receipt.as_ref().expect("receipt"))
+            .await?;
         consumer.stop().await?;
         let later = self.access_point.create_pull_consumer(attrs).await?;
         later.bind_queues(std::slice::from_ref(&q)).await?;
         later.start().await?;
         let none = later.receive(Duration::from_millis(300)).await?;
-        ensure!(none.is_none(), "an acknowledged message came back: {:?}", none.map(|m| m.data));
+        ensure!(
+            none.is_none(),
+            "an acknowledged message came back: {:?}",
+            none.map(|m| m.data)
+        );
         producer.send(Message::new(&q, "after")).await?;
         let after = later.receive(PATIENCE).await?;
-        ensure!(after.map(|m| m.data) == Some(bytes::Bytes::from_static(b"after")), "the group did not resume after its commit");
+        ensure!(
+            after.map(|m| m.data) == Some(bytes::Bytes::from_static(b"after")),
+            "the group did not resume after its commit"
+        );
         later.stop().await?;
         Ok(())
     }
@@ -395,20 +605,35 @@ impl Conformance {
         #[async_trait]
         impl MessageListener for Collect {
             async fn on_received(&self, message: Message, context: AckContext) {
-                self.0.lock().unwrap_or_else(|e| e.into_inner()).push(String::from_utf8_lossy(&message.data).into_owned());
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(String::from_utf8_lossy(&message.data).into_owned());
                 context.ack();
             }
         }
         let q = self.queue(2).await?;
         let producer = self.producer().await?;
-        producer.send_batch((0..20).map(|i| Message::new(&q, i.to_string()).with_key(i.to_string())).collect()).await?;
-        let attrs = self.consumer_attrs.clone().with(keyvalue::CONSUMER_ID, format!("push-{}", QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed)));
+        producer
+            .send_batch(
+                (0..20)
+                    .map(|i| Message::new(&q, i.to_string()).with_key(i.to_string()))
+                    .collect(),
+            )
+            .await?;
+        let attrs = self.consumer_attrs.clone().with(
+            keyvalue::CONSUMER_ID,
+            format!("push-{}", QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed)),
+        );
         let push = self.access_point.create_push_consumer(attrs).await?;
         let seen = Arc::new(Collect(Mutex::new(Vec::new())));
-        push.bind_queues(std::slice::from_ref(&q), seen.clone()).await?;
+        push.bind_queues(std::slice::from_ref(&q), seen.clone())
+            .await?;
         push.start().await?;
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while seen.0.lock().unwrap_or_else(|e| e.into_inner()).len() < 20 && tokio::time::Instant::now() < deadline {
+        while seen.0.lock().unwrap_or_else(|e| e.into_inner()).len() < 20
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         push.suspend(None);
@@ -417,7 +642,10 @@ impl Conformance {
         push.stop().await?;
         let mut got = seen.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         got.sort_by_key(|s| s.parse::<i32>().unwrap_or(-1));
-        ensure!(got == (0..20).map(|i| i.to_string()).collect::<Vec<_>>(), "push consumer saw {got:?}");
+        ensure!(
+            got == (0..20).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "push consumer saw {got:?}"
+        );
         Ok(())
     }
 
@@ -437,29 +665,81 @@ impl Conformance {
         let q = self.queue(1).await?;
         let plain = self.producer().await?;
         let err = plain.prepare(Message::new(&q, "x")).await.err();
-        ensure!(err.as_ref().map(OmsError::kind) == Some(OmsErrorKind::Transaction), "prepare without a listener: {err:?}");
-        let producer = self.access_point.create_transactional_producer(KeyValue::new(), Arc::new(Decide(TransactionState::Unknown))).await?;
+        ensure!(
+            err.as_ref().map(OmsError::kind) == Some(OmsErrorKind::Transaction),
+            "prepare without a listener: {err:?}"
+        );
+        let producer = self
+            .access_point
+            .create_transactional_producer(
+                KeyValue::new(),
+                Arc::new(Decide(TransactionState::Unknown)),
+            )
+            .await?;
         producer.start().await?;
         let mut r = self.reader(&q, 0, SeekPosition::Beginning).await?;
         let tx = producer.prepare(Message::new(&q, "committed")).await?;
         let txid = tx.transaction_id().to_string();
-        ensure!(r.poll_batch(10, Duration::from_millis(200)).await?.is_empty(), "a prepared message is visible");
+        ensure!(
+            r.poll_batch(10, Duration::from_millis(200))
+                .await?
+                .is_empty(),
+            "a prepared message is visible"
+        );
         let sent = tx.commit().await?;
         let got = Self::read_n(r.as_mut(), 1).await?;
-        ensure!(got.len() == 1 && &got[0].data[..] == b"committed", "the committed message is not visible");
-        ensure!(got[0].extension_header.transaction_id.as_deref() == Some(txid.as_str()), "transaction id lost");
-        ensure!(got[0].message_id() == Some(sent.message_id.as_str()), "commit returned another id");
-        producer.prepare(Message::new(&q, "rolled back")).await?.rollback().await?;
+        ensure!(
+            got.len() == 1 && &got[0].data[..] == b"committed",
+            "the committed message is not visible"
+        );
+        ensure!(
+            got[0].extension_header.transaction_id.as_deref() == Some(txid.as_str()),
+            "transaction id lost"
+        );
+        ensure!(
+            got[0].message_id() == Some(sent.message_id.as_str()),
+            "commit returned another id"
+        );
+        producer
+            .prepare(Message::new(&q, "rolled back"))
+            .await?
+            .rollback()
+            .await?;
         let orphan = producer.prepare(Message::new(&q, "orphan")).await?;
         drop(orphan); // the producer "dies" without deciding
-        ensure!(r.poll_batch(10, Duration::from_millis(200)).await?.is_empty(), "rolled back or undecided messages are visible");
-        let resolver = self.access_point.create_transactional_producer(KeyValue::new(), Arc::new(Decide(TransactionState::Commit))).await?;
+        ensure!(
+            r.poll_batch(10, Duration::from_millis(200))
+                .await?
+                .is_empty(),
+            "rolled back or undecided messages are visible"
+        );
+        let resolver = self
+            .access_point
+            .create_transactional_producer(
+                KeyValue::new(),
+                Arc::new(Decide(TransactionState::Commit)),
+            )
+            .await?;
         resolver.start().await?;
         let got = Self::read_n(r.as_mut(), 1).await?;
-        ensure!(got.len() == 1 && &got[0].data[..] == b"orphan", "the orphaned transaction was not resolved by the listener");
-        let second = self.access_point.create_transactional_producer(KeyValue::new(), Arc::new(Decide(TransactionState::Commit))).await?;
+        ensure!(
+            got.len() == 1 && &got[0].data[..] == b"orphan",
+            "the orphaned transaction was not resolved by the listener"
+        );
+        let second = self
+            .access_point
+            .create_transactional_producer(
+                KeyValue::new(),
+                Arc::new(Decide(TransactionState::Commit)),
+            )
+            .await?;
         second.start().await?;
-        ensure!(r.poll_batch(10, Duration::from_millis(300)).await?.is_empty(), "a transaction was published twice");
+        ensure!(
+            r.poll_batch(10, Duration::from_millis(300))
+                .await?
+                .is_empty(),
+            "a transaction was published twice"
+        );
         Ok(())
     }
 
@@ -472,14 +752,28 @@ impl Conformance {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
         let mut r = self.reader(&q, 0, SeekPosition::Beginning).await?;
-        producer.send(Message::new(&q, "expired").with_expire_time(super::now_millis() - 1000)).await?;
-        producer.send(Message::new(&q, "later").with_delay(Duration::from_millis(400))).await?;
+        producer
+            .send(Message::new(&q, "expired").with_expire_time(super::now_millis() - 1000))
+            .await?;
+        producer
+            .send(Message::new(&q, "later").with_delay(Duration::from_millis(400)))
+            .await?;
         let early = r.poll_batch(10, Duration::from_millis(150)).await?;
-        ensure!(early.is_empty(), "delayed or expired message delivered early: {:?}", early.iter().map(|m| m.data.clone()).collect::<Vec<_>>());
+        ensure!(
+            early.is_empty(),
+            "delayed or expired message delivered early: {:?}",
+            early.iter().map(|m| m.data.clone()).collect::<Vec<_>>()
+        );
         let got = Self::read_n(r.as_mut(), 1).await?;
-        ensure!(got.len() == 1 && &got[0].data[..] == b"later", "the delayed message did not arrive");
+        ensure!(
+            got.len() == 1 && &got[0].data[..] == b"later",
+            "the delayed message did not arrive"
+        );
         let born = got[0].header.born_timestamp.unwrap_or(0);
-        ensure!(got[0].extension_header.store_timestamp.unwrap_or(0) >= born + 400, "delivered before its delay");
+        ensure!(
+            got[0].extension_header.store_timestamp.unwrap_or(0) >= born + 400,
+            "delivered before its delay"
+        );
         Ok(())
     }
 
@@ -507,9 +801,19 @@ impl Conformance {
         producer.send(Message::new(&q, "b")).await?;
         let mut r = self.reader(&q, 0, SeekPosition::Beginning).await?;
         let got = Self::read_n(r.as_mut(), 2).await?;
-        ensure!(got[0].properties.get_str("tagged") == Some("yes"), "pre_send change lost");
-        ensure!(got[1].properties.get_str("tagged").is_none(), "removed interceptor still ran");
-        ensure!(tag.0.load(Ordering::Relaxed) == 1, "post_send ran {} times", tag.0.load(Ordering::Relaxed));
+        ensure!(
+            got[0].properties.get_str("tagged") == Some("yes"),
+            "pre_send change lost"
+        );
+        ensure!(
+            got[1].properties.get_str("tagged").is_none(),
+            "removed interceptor still ran"
+        );
+        ensure!(
+            tag.0.load(Ordering::Relaxed) == 1,
+            "post_send ran {} times",
+            tag.0.load(Ordering::Relaxed)
+        );
         Ok(())
     }
 
@@ -521,14 +825,26 @@ impl Conformance {
     async fn lifecycle_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.access_point.create_producer(KeyValue::new()).await?;
-        ensure!(producer.current_state() == ServiceLifeState::Initialized, "new producer not Initialized");
+        ensure!(
+            producer.current_state() == ServiceLifeState::Initialized,
+            "new producer not Initialized"
+        );
         let err = producer.send(Message::new(&q, "x")).await.err();
-        ensure!(err.as_ref().map(OmsError::status) == Some(OmsStatus::SERVICE_NOT_AVAILABLE), "send before start: {err:?}");
+        ensure!(
+            err.as_ref().map(OmsError::status) == Some(OmsStatus::SERVICE_NOT_AVAILABLE),
+            "send before start: {err:?}"
+        );
         producer.start().await?;
         producer.send(Message::new(&q, "x")).await?;
         producer.stop().await?;
-        ensure!(producer.current_state() == ServiceLifeState::Stopped, "stopped producer not Stopped");
-        ensure!(producer.send(Message::new(&q, "x")).await.is_err(), "send after stop succeeded");
+        ensure!(
+            producer.current_state() == ServiceLifeState::Stopped,
+            "stopped producer not Stopped"
+        );
+        ensure!(
+            producer.send(Message::new(&q, "x")).await.is_err(),
+            "send after stop succeeded"
+        );
         producer.start().await?;
         producer.send(Message::new(&q, "again")).await?;
         Ok(())
@@ -543,17 +859,35 @@ impl Conformance {
         let rm = self.access_point.resource_manager().await?;
         let ns = format!("ns{}", QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed));
         rm.create_namespace(&ns).await?;
-        ensure!(rm.list_namespaces().await?.contains(&ns), "namespace not listed");
+        ensure!(
+            rm.list_namespaces().await?.contains(&ns),
+            "namespace not listed"
+        );
         let q = format!("{ns}://orders");
         rm.create_queue(&q, QueueConfig::with_partitions(3)).await?;
-        ensure!(rm.list_queues(Some(&ns)).await? == vec![q.clone()], "queue not listed in its namespace");
-        self.producer().await?.send_batch((0..7).map(|i| Message::new(&q, i.to_string())).collect()).await?;
+        ensure!(
+            rm.list_queues(Some(&ns)).await? == vec![q.clone()],
+            "queue not listed in its namespace"
+        );
+        self.producer()
+            .await?
+            .send_batch((0..7).map(|i| Message::new(&q, i.to_string())).collect())
+            .await?;
         let d = rm.describe_queue(&q).await?;
-        ensure!(d.partitions.len() == 3 && d.message_count() == 7, "describe: {d:?}");
+        ensure!(
+            d.partitions.len() == 3 && d.message_count() == 7,
+            "describe: {d:?}"
+        );
         rm.delete_queue(&q).await?;
-        ensure!(rm.list_queues(Some(&ns)).await?.is_empty(), "deleted queue still listed");
+        ensure!(
+            rm.list_queues(Some(&ns)).await?.is_empty(),
+            "deleted queue still listed"
+        );
         rm.delete_namespace(&ns).await?;
-        ensure!(!rm.list_namespaces().await?.contains(&ns), "deleted namespace still listed");
+        ensure!(
+            !rm.list_namespaces().await?.contains(&ns),
+            "deleted namespace still listed"
+        );
         Ok(())
     }
 
@@ -569,18 +903,39 @@ impl Conformance {
         let rm = self.access_point.resource_manager().await?;
         let producer = self.producer().await?;
         let missing = format!("{}-missing-{}", self.queue_prefix, std::process::id());
-        ensure!(status(producer.send(Message::new(&missing, "x")).await) == Some(OmsStatus::DESTINATION_NOT_FOUND), "send to a missing queue");
-        ensure!(status(rm.describe_queue(&missing).await) == Some(OmsStatus::DESTINATION_NOT_FOUND), "describe a missing queue");
-        ensure!(status(rm.delete_queue(&missing).await) == Some(OmsStatus::DESTINATION_NOT_FOUND), "delete a missing queue");
+        ensure!(
+            status(producer.send(Message::new(&missing, "x")).await)
+                == Some(OmsStatus::DESTINATION_NOT_FOUND),
+            "send to a missing queue"
+        );
+        ensure!(
+            status(rm.describe_queue(&missing).await) == Some(OmsStatus::DESTINATION_NOT_FOUND),
+            "describe a missing queue"
+        );
+        ensure!(
+            status(rm.delete_queue(&missing).await) == Some(OmsStatus::DESTINATION_NOT_FOUND),
+            "delete a missing queue"
+        );
         let q = self.queue(1).await?;
         ensure!(
-            status(rm.create_queue(&q, QueueConfig::default()).await) == Some(OmsStatus::DESTINATION_ALREADY_EXISTS),
+            status(rm.create_queue(&q, QueueConfig::default()).await)
+                == Some(OmsStatus::DESTINATION_ALREADY_EXISTS),
             "create an existing queue"
         );
-        ensure!(status(rm.create_queue("bad name!", QueueConfig::default()).await) == Some(OmsStatus::BAD_PARAMETER), "bad queue name");
+        ensure!(
+            status(rm.create_queue("bad name!", QueueConfig::default()).await)
+                == Some(OmsStatus::BAD_PARAMETER),
+            "bad queue name"
+        );
         if let Some(max) = self.max_body {
-            let err = producer.send(Message::new(&q, vec![0u8; max + 1])).await.err();
-            ensure!(err.as_ref().map(OmsError::status) == Some(OmsStatus::MESSAGE_BODY_TOO_LARGE), "oversized body: {err:?}");
+            let err = producer
+                .send(Message::new(&q, vec![0u8; max + 1]))
+                .await
+                .err();
+            ensure!(
+                err.as_ref().map(OmsError::status) == Some(OmsStatus::MESSAGE_BODY_TOO_LARGE),
+                "oversized body: {err:?}"
+            );
             producer.send(Message::new(&q, vec![0u8; max])).await?;
         }
         Ok(())

@@ -63,7 +63,11 @@ struct BatchAck {
 impl BatchAckContext {
     /// Acknowledges these messages of the batch.
     pub fn success(&self, receipts: &[MessageReceipt]) {
-        self.acked.lock().unwrap_or_else(|e| e.into_inner()).some.extend_from_slice(receipts);
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .some
+            .extend_from_slice(receipts);
     }
 
     /// Acknowledges the whole batch.
@@ -104,7 +108,10 @@ pub struct PushConsumer {
 
 impl fmt::Debug for PushConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PushConsumer").field("pull", &self.pull).field("state", &self.state.get()).finish()
+        f.debug_struct("PushConsumer")
+            .field("pull", &self.pull)
+            .field("state", &self.state.get())
+            .finish()
     }
 }
 
@@ -123,16 +130,26 @@ impl PushConsumer {
     }
 
     /// Binds queues and the listener that receives their messages, one by one.
-    pub async fn bind_queues(&self, queues: &[String], listener: Arc<dyn MessageListener>) -> Result<()> {
+    pub async fn bind_queues(
+        &self,
+        queues: &[String],
+        listener: Arc<dyn MessageListener>,
+    ) -> Result<()> {
         self.pull.bind_queues(queues).await?;
-        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Listener::Single(listener)));
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Listener::Single(listener)));
         Ok(())
     }
 
     /// Binds queues and the listener that receives their messages in batches.
-    pub async fn bind_queues_batch(&self, queues: &[String], listener: Arc<dyn BatchMessageListener>) -> Result<()> {
+    pub async fn bind_queues_batch(
+        &self,
+        queues: &[String],
+        listener: Arc<dyn BatchMessageListener>,
+    ) -> Result<()> {
         self.pull.bind_queues(queues).await?;
-        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Listener::Batch(listener)));
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(Listener::Batch(listener)));
         Ok(())
     }
 
@@ -215,10 +232,12 @@ impl PushConsumer {
                     acked
                 }
                 Listener::Batch(l) => {
-                    let receipts: Vec<MessageReceipt> = batch.iter().filter_map(|m| m.receipt.clone()).collect();
+                    let receipts: Vec<MessageReceipt> =
+                        batch.iter().filter_map(|m| m.receipt.clone()).collect();
                     let ctx = BatchAckContext::default();
                     l.on_received(batch, ctx.clone()).await;
-                    let state = std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(|e| e.into_inner()));
+                    let state =
+                        std::mem::take(&mut *ctx.acked.lock().unwrap_or_else(|e| e.into_inner()));
                     if state.all {
                         receipts
                     } else {
@@ -241,9 +260,16 @@ impl ServiceLifecycle for PushConsumer {
         if self.state.get() == ServiceLifeState::Started {
             return Ok(());
         }
-        let listener = self.listener.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
-            super::error::OmsError::bad_parameter("bind queues and a listener (bind_queues) before starting a push consumer")
-        })?;
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                super::error::OmsError::bad_parameter(
+                    "bind queues and a listener (bind_queues) before starting a push consumer",
+                )
+            })?;
         self.state.set(ServiceLifeState::Starting);
         self.pull.start().await?;
         self.stop.send_replace(false);

@@ -159,7 +159,12 @@ pub type Result<T, E = OmsError> = std::result::Result<T, E>;
 impl OmsError {
     /// An error of `kind` with `status` and a message that says what to change.
     pub fn new(kind: OmsErrorKind, status: OmsStatus, message: impl Into<String>) -> Self {
-        Self { kind, status, message: message.into(), source: None }
+        Self {
+            kind,
+            status,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Attaches the underlying cause.
@@ -227,7 +232,11 @@ impl OmsError {
 
     /// 1501: the store failed or holds data it cannot read.
     pub fn storage(message: impl Into<String>) -> Self {
-        Self::new(OmsErrorKind::Storage, OmsStatus::STORAGE_SERVICE_ERROR, message)
+        Self::new(
+            OmsErrorKind::Storage,
+            OmsStatus::STORAGE_SERVICE_ERROR,
+            message,
+        )
     }
 
     /// 1501: an I/O error on `path` while doing `action`.
@@ -259,7 +268,9 @@ impl fmt::Display for OmsError {
 
 impl std::error::Error for OmsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -271,17 +282,21 @@ mod tests {
     fn display_names_code_reason_and_advice() {
         let err = OmsError::destination_not_found("orders");
         let text = err.to_string();
-        assert!(text.starts_with("[OMS 1404 Destination Not Found]"), "{text}");
+        assert!(
+            text.starts_with("[OMS 1404 Destination Not Found]"),
+            "{text}"
+        );
         assert!(text.contains("omstream queue create orders"), "{text}");
         assert_eq!(err.kind(), OmsErrorKind::Destination);
     }
 
     #[test]
     fn every_spec_code_has_a_reason() {
-        for code in [1101, 1200, 1400, 1401, 1402, 1403, 1404, 1405, 1406, 1407, 1408, 1409, 1410,
-            1411, 1412, 1413, 1414, 1415, 1416, 1417, 1418, 1500, 1501, 1502, 1503, 1504, 10000,
-            10001, 10002, 10003]
-        {
+        for code in [
+            1101, 1200, 1400, 1401, 1402, 1403, 1404, 1405, 1406, 1407, 1408, 1409, 1410, 1411,
+            1412, 1413, 1414, 1415, 1416, 1417, 1418, 1500, 1501, 1502, 1503, 1504, 10000, 10001,
+            10002, 10003,
+        ] {
             assert_ne!(OmsStatus(code).reason(), "Unknown Status", "code {code}");
         }
         assert_eq!(OmsStatus(42).reason(), "Unknown Status");

@@ -149,7 +149,11 @@ impl KeyValue {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for KeyValue {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -159,7 +163,10 @@ mod tests {
 
     #[test]
     fn typed_reads_and_errors() {
-        let kv = KeyValue::new().with("n", "12").with("b", true).with("bad", "x1");
+        let kv = KeyValue::new()
+            .with("n", "12")
+            .with("b", true)
+            .with("bad", "x1");
         assert_eq!(kv.get_i32("n").unwrap(), Some(12));
         assert_eq!(kv.get_bool("b").unwrap(), Some(true));
         assert_eq!(kv.get_i64("none").unwrap(), None);

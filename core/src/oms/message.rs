@@ -42,7 +42,9 @@ impl TryFrom<u8> for Qos {
             0 => Ok(Qos::AtLeastOnce),
             1 => Ok(Qos::AtMostOnce),
             2 => Ok(Qos::ExactlyOnce),
-            other => Err(format!("qos {other} is not one of 0 (at least once), 1 (at most once), 2 (exactly once)")),
+            other => Err(format!(
+                "qos {other} is not one of 0 (at least once), 1 (at most once), 2 (exactly once)"
+            )),
         }
     }
 }
@@ -128,7 +130,9 @@ mod opt_millis {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
@@ -193,7 +197,10 @@ fn ser_data<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
         Ok(text) => s.serialize_str(text),
         Err(_) => {
             let mut map = s.serialize_map(Some(1))?;
-            map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(data))?;
+            map.serialize_entry(
+                "base64",
+                &base64::engine::general_purpose::STANDARD.encode(data),
+            )?;
             map.end()
         }
     }
@@ -205,12 +212,16 @@ fn de_data<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
     match value {
         serde_json::Value::String(s) => Ok(Bytes::from(s)),
         serde_json::Value::Null => Ok(Bytes::new()),
-        serde_json::Value::Object(ref map) if map.len() == 1 && map.get("base64").is_some_and(|v| v.is_string()) => {
+        serde_json::Value::Object(ref map)
+            if map.len() == 1 && map.get("base64").is_some_and(|v| v.is_string()) =>
+        {
             let text = map["base64"].as_str().unwrap_or_default();
             base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .map(Bytes::from)
-                .map_err(|e| serde::de::Error::custom(format!("data.base64 is not valid base64: {e}")))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("data.base64 is not valid base64: {e}"))
+                })
         }
         other => Ok(Bytes::from(other.to_string())),
     }
@@ -221,7 +232,10 @@ impl Message {
     pub fn new(destination: impl Into<String>, data: impl Into<Bytes>) -> Self {
         Self {
             version: default_version(),
-            header: Header { destination: destination.into(), ..Header::default() },
+            header: Header {
+                destination: destination.into(),
+                ..Header::default()
+            },
             extension_header: ExtensionHeader::default(),
             properties: KeyValue::new(),
             data: data.into(),
@@ -306,7 +320,10 @@ mod tests {
           "properties": {"service":"helloService"}, "data": {"amount": 3}}"#;
         let msg: Message = serde_json::from_str(json).unwrap();
         assert_eq!(msg.header.qos, Some(Qos::ExactlyOnce));
-        assert_eq!(msg.extension_header.delay_time, Some(Duration::from_secs(30)));
+        assert_eq!(
+            msg.extension_header.delay_time,
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(msg.extension_header.partition, Some(1));
         assert_eq!(msg.properties.get_str("service"), Some("helloService"));
         assert_eq!(&msg.data[..], br#"{"amount":3}"#);
@@ -325,9 +342,11 @@ mod tests {
 
     #[test]
     fn unknown_header_fields_and_bad_qos_are_errors() {
-        let err = serde_json::from_str::<Message>(r#"{"header":{"destination":"q","nope":1}}"#).unwrap_err();
+        let err = serde_json::from_str::<Message>(r#"{"header":{"destination":"q","nope":1}}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("unknown field `nope`"), "{err}");
-        let err = serde_json::from_str::<Message>(r#"{"header":{"destination":"q","qos":7}}"#).unwrap_err();
+        let err = serde_json::from_str::<Message>(r#"{"header":{"destination":"q","qos":7}}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("qos 7"), "{err}");
     }
 }

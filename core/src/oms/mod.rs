@@ -50,10 +50,14 @@ pub use keyvalue::KeyValue;
 pub use lifecycle::{LifecycleCell, ServiceLifeState, ServiceLifecycle};
 pub use message::{ExtensionHeader, Header, Message, MessageReceipt, Qos, MESSAGE_VERSION};
 pub use producer::{
-    body_too_large, local_host_id, now_millis, InterceptorContext, InterceptorId, PreparedTransaction, Producer,
-    ProducerBackend, ProducerInterceptor, SendResult, TransactionState, TransactionStateCheckListener,
-    TransactionalResult,
+    body_too_large, local_host_id, now_millis, InterceptorContext, InterceptorId,
+    PreparedTransaction, Producer, ProducerBackend, ProducerInterceptor, SendResult,
+    TransactionState, TransactionStateCheckListener, TransactionalResult,
 };
-pub use resource::{PartitionDescription, QueueConfig, QueueDescription, ResourceManager, RetentionPolicy};
-pub use streaming::{message_stream, MessageStream, PartitionReader, QueueMetaData, SeekPosition, StreamingConsumer};
+pub use resource::{
+    PartitionDescription, QueueConfig, QueueDescription, ResourceManager, RetentionPolicy,
+};
+pub use streaming::{
+    message_stream, MessageStream, PartitionReader, QueueMetaData, SeekPosition, StreamingConsumer,
+};
 pub use uri::{AccessPointUri, HostPort};

@@ -189,7 +189,10 @@ impl Producer {
     /// Adds an interceptor; it sees every later send.
     pub fn add_interceptor(&self, interceptor: Arc<dyn ProducerInterceptor>) -> InterceptorId {
         let id = InterceptorId(self.next_interceptor.fetch_add(1, Ordering::Relaxed));
-        self.interceptors.write().unwrap_or_else(|e| e.into_inner()).push((id, interceptor));
+        self.interceptors
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, interceptor));
         id
     }
 
@@ -203,7 +206,9 @@ impl Producer {
 
     fn stamp(&self, message: &mut Message, now: i64) -> Result<()> {
         if message.header.destination.is_empty() {
-            return Err(OmsError::bad_parameter("the message has no destination; set header.destination to a queue name"));
+            return Err(OmsError::bad_parameter(
+                "the message has no destination; set header.destination to a queue name",
+            ));
         }
         message.header.message_id = None;
         message.header.born_timestamp = Some(now);
@@ -225,7 +230,9 @@ impl Producer {
     /// Sends one message and waits until it is stored.
     pub async fn send(&self, message: Message) -> Result<SendResult> {
         let mut results = self.send_batch(vec![message]).await?;
-        results.pop().ok_or_else(|| OmsError::storage("the driver returned no result for a sent message"))
+        results
+            .pop()
+            .ok_or_else(|| OmsError::storage("the driver returned no result for a sent message"))
     }
 
     /// Sends messages together and waits until all are stored; one result per message, in order.
@@ -313,7 +320,10 @@ impl ServiceLifecycle for Producer {
     }
 
     async fn stop(&self) -> Result<()> {
-        if matches!(self.state.get(), ServiceLifeState::Stopped | ServiceLifeState::Initialized) {
+        if matches!(
+            self.state.get(),
+            ServiceLifeState::Stopped | ServiceLifeState::Initialized
+        ) {
             self.state.set(ServiceLifeState::Stopped);
             return Ok(());
         }

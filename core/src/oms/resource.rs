@@ -32,7 +32,9 @@ mod opt_secs {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
@@ -49,14 +51,20 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { partitions: 1, retention: RetentionPolicy::default() }
+        Self {
+            partitions: 1,
+            retention: RetentionPolicy::default(),
+        }
     }
 }
 
 impl QueueConfig {
     /// A queue with `partitions` partitions and unlimited retention.
     pub fn with_partitions(partitions: u32) -> Self {
-        Self { partitions, ..Self::default() }
+        Self {
+            partitions,
+            ..Self::default()
+        }
     }
 
     /// Checks the values; the error says what to change.
@@ -68,10 +76,14 @@ impl QueueConfig {
             )));
         }
         if self.retention.max_bytes == Some(0) {
-            return Err(OmsError::bad_parameter("retention max_bytes must be above 0 (omit it to keep everything)"));
+            return Err(OmsError::bad_parameter(
+                "retention max_bytes must be above 0 (omit it to keep everything)",
+            ));
         }
         if self.retention.max_age == Some(Duration::ZERO) {
-            return Err(OmsError::bad_parameter("retention max_age must be above 0 (omit it to keep everything)"));
+            return Err(OmsError::bad_parameter(
+                "retention max_age must be above 0 (omit it to keep everything)",
+            ));
         }
         Ok(())
     }
@@ -104,7 +116,10 @@ pub struct QueueDescription {
 impl QueueDescription {
     /// Messages retained across all partitions.
     pub fn message_count(&self) -> i64 {
-        self.partitions.iter().map(|p| p.end_offset - p.start_offset).sum()
+        self.partitions
+            .iter()
+            .map(|p| p.end_offset - p.start_offset)
+            .sum()
     }
 }
 

@@ -45,7 +45,11 @@ pub trait PartitionReader: Send + fmt::Debug {
     /// Up to `max` messages, waiting as long as it takes for at least one.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Message>>;
     /// Up to `max` messages, waiting up to `timeout` for the first; empty when none came.
-    async fn poll_batch(&mut self, max: usize, timeout: std::time::Duration) -> Result<Vec<Message>>;
+    async fn poll_batch(
+        &mut self,
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Message>>;
 }
 
 /// A partition as a stream of messages.
@@ -72,9 +76,19 @@ pub trait StreamingConsumer: ServiceLifecycle + fmt::Debug {
     /// The partitions of `queue`.
     async fn partitions(&self, queue: &str) -> Result<Vec<QueueMetaData>>;
     /// Opens `partition` of `queue` at `position`.
-    async fn open(&self, queue: &str, partition: i32, position: SeekPosition) -> Result<Box<dyn PartitionReader>>;
+    async fn open(
+        &self,
+        queue: &str,
+        partition: i32,
+        position: SeekPosition,
+    ) -> Result<Box<dyn PartitionReader>>;
     /// The offset of the first message stored at or after `timestamp`; `None` past the end.
-    async fn offset_for_timestamp(&self, queue: &str, partition: i32, timestamp: i64) -> Result<Option<i64>>;
+    async fn offset_for_timestamp(
+        &self,
+        queue: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<Option<i64>>;
     /// The retained range of a partition: the first offset and the offset the next message gets.
     async fn offset_range(&self, queue: &str, partition: i32) -> Result<(i64, i64)>;
     /// Commits `offset` (the next offset to read) for the group.

@@ -60,7 +60,11 @@ pub struct AccessPointUri {
 impl AccessPointUri {
     /// The hosts joined by commas, as the spec's `ACCESS_POINTS` attribute holds them.
     pub fn hosts_string(&self) -> String {
-        self.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        self.hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -79,17 +83,27 @@ fn illegal(url: &str, what: &str) -> OmsError {
 fn parse_host(url: &str, raw: &str) -> Result<HostPort, OmsError> {
     let raw = raw.trim();
     if raw.is_empty() {
-        return Err(illegal(url, "a host is empty (check the commas between hosts)"));
+        return Err(illegal(
+            url,
+            "a host is empty (check the commas between hosts)",
+        ));
     }
     // A bracketed IPv6 address may contain colons; its port follows the closing bracket.
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
-        let end = rest.find(']').ok_or_else(|| illegal(url, "an IPv6 host lacks its closing ']'"))?;
+        let end = rest
+            .find(']')
+            .ok_or_else(|| illegal(url, "an IPv6 host lacks its closing ']'"))?;
         let host = &raw[..end + 2];
         let after = &rest[end + 1..];
         match after.strip_prefix(':') {
             Some(p) => (host, Some(p)),
             None if after.is_empty() => (host, None),
-            None => return Err(illegal(url, &format!("unexpected '{after}' after host {host}"))),
+            None => {
+                return Err(illegal(
+                    url,
+                    &format!("unexpected '{after}' after host {host}"),
+                ))
+            }
         }
     } else {
         match raw.rsplit_once(':') {
@@ -97,16 +111,26 @@ fn parse_host(url: &str, raw: &str) -> Result<HostPort, OmsError> {
             None => (raw, None),
         }
     };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c == '/' || c == '@')
+    {
         return Err(illegal(url, &format!("'{host}' is not a host name")));
     }
     let port = match port {
         None => None,
         Some(p) => Some(p.parse::<u16>().map_err(|_| {
-            illegal(url, &format!("port '{p}' of host {host} is not a number from 0 to 65535"))
+            illegal(
+                url,
+                &format!("port '{p}' of host {host} is not a number from 0 to 65535"),
+            )
         })?),
     };
-    Ok(HostPort { host: host.to_string(), port })
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
 }
 
 impl FromStr for AccessPointUri {
@@ -117,16 +141,28 @@ impl FromStr for AccessPointUri {
             .strip_prefix("oms:")
             .ok_or_else(|| illegal(url, "it must start with 'oms:'"))?;
         if rest.starts_with("//") {
-            return Err(illegal(url, "the driver type is missing (oms:<driver>://...)"));
+            return Err(illegal(
+                url,
+                "the driver type is missing (oms:<driver>://...)",
+            ));
         }
         let (driver, rest) = rest
             .split_once("://")
             .ok_or_else(|| illegal(url, "'://' must follow the driver type"))?;
         if driver.is_empty() {
-            return Err(illegal(url, "the driver type is missing (oms:<driver>://...)"));
+            return Err(illegal(
+                url,
+                "the driver type is missing (oms:<driver>://...)",
+            ));
         }
-        if !driver.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(illegal(url, &format!("driver type '{driver}' may hold only letters, digits, '-' and '_'")));
+        if !driver
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(illegal(
+                url,
+                &format!("driver type '{driver}' may hold only letters, digits, '-' and '_'"),
+            ));
         }
         let (authority, region) = rest
             .rsplit_once('/')
@@ -142,8 +178,16 @@ impl FromStr for AccessPointUri {
         if hosts.trim().is_empty() {
             return Err(illegal(url, "at least one host is required"));
         }
-        let hosts = hosts.split(',').map(|h| parse_host(url, h)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { driver_type: driver.to_ascii_lowercase(), account_id, hosts, region: region.to_string() })
+        let hosts = hosts
+            .split(',')
+            .map(|h| parse_host(url, h))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            driver_type: driver.to_ascii_lowercase(),
+            account_id,
+            hosts,
+            region: region.to_string(),
+        })
     }
 }
 
@@ -170,9 +214,16 @@ mod tests {
         let u = parse("oms:rocketmq://alice@rocketmq.apache.org/us-east").unwrap();
         assert_eq!(u.driver_type, "rocketmq");
         assert_eq!(u.account_id.as_deref(), Some("alice"));
-        assert_eq!(u.hosts, vec![HostPort { host: "rocketmq.apache.org".into(), port: None }]);
+        assert_eq!(
+            u.hosts,
+            vec![HostPort {
+                host: "rocketmq.apache.org".into(),
+                port: None
+            }]
+        );
         assert_eq!(u.hosts[0].port_or_default(), 80);
-        let u = parse("oms:rocketmq://alice@rocketmq.apache.org, openmessaging.io/us-east").unwrap();
+        let u =
+            parse("oms:rocketmq://alice@rocketmq.apache.org, openmessaging.io/us-east").unwrap();
         assert_eq!(u.hosts[1].host, "openmessaging.io");
         let u = parse("oms:embedded://localhost/default").unwrap();
         assert_eq!((u.account_id, u.region.as_str()), (None, "default"));
@@ -182,7 +233,13 @@ mod tests {
     fn region_is_after_the_last_slash_and_ipv6_keeps_ports() {
         let u = parse("oms:rocketmq://[::1]:9876,127.0.0.1:9877/us-east:space").unwrap();
         assert_eq!(u.region, "us-east:space");
-        assert_eq!(u.hosts[0], HostPort { host: "[::1]".into(), port: Some(9876) });
+        assert_eq!(
+            u.hosts[0],
+            HostPort {
+                host: "[::1]".into(),
+                port: Some(9876)
+            }
+        );
         assert_eq!(u.hosts[1].port, Some(9877));
         assert_eq!(parse(&u.to_string()).unwrap(), u);
     }
@@ -190,12 +247,21 @@ mod tests {
     #[test]
     fn rejects_what_the_spec_rejects_with_a_reason() {
         for (url, why) in [
-            ("oms://alice@rocketmq.apache.org/us-east", "driver type is missing"),
-            ("oms:rocketmq://alice@rocketmq.apache.org/", "region after the last '/' is empty"),
+            (
+                "oms://alice@rocketmq.apache.org/us-east",
+                "driver type is missing",
+            ),
+            (
+                "oms:rocketmq://alice@rocketmq.apache.org/",
+                "region after the last '/' is empty",
+            ),
             ("rocketmq://host/r", "must start with 'oms:'"),
             ("oms:rocketmq:host/r", "'://' must follow"),
             ("oms:rocketmq://host", "region is missing"),
-            ("oms:rocketmq://host:99999/r", "not a number from 0 to 65535"),
+            (
+                "oms:rocketmq://host:99999/r",
+                "not a number from 0 to 65535",
+            ),
             ("oms:rocketmq://a,,b/r", "a host is empty"),
             ("oms:rocketmq://@host/r", "account id before '@' is empty"),
             ("oms:rocket mq://host/r", "may hold only"),

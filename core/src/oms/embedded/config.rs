@@ -104,7 +104,9 @@ pub fn default_data_root() -> PathBuf {
 fn positive(attrs: &KeyValue, key: &str, default: u64, min: u64) -> Result<u64> {
     let v = attrs.get_parsed::<u64>(key)?.unwrap_or(default);
     if v < min {
-        return Err(OmsError::bad_parameter(format!("{key}={v} is too small; use at least {min}")));
+        return Err(OmsError::bad_parameter(format!(
+            "{key}={v} is too small; use at least {min}"
+        )));
     }
     Ok(v)
 }
@@ -124,14 +126,22 @@ impl EmbeddedConfig {
         let region = attrs.get_str(keyvalue::REGION).unwrap_or("default");
         if region.is_empty()
             || region.starts_with('.')
-            || !region.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(OmsError::bad_parameter(format!(
                 "region '{region}' cannot name an embedded store; use letters, digits, '-', '_' and '.'"
             )));
         }
-        let root = attrs.get_str(EMBEDDED_DIR).map(PathBuf::from).unwrap_or_else(default_data_root);
-        let consume_from = match attrs.get_str(EMBEDDED_CONSUME_FROM).map(|s| s.trim().to_ascii_lowercase()) {
+        let root = attrs
+            .get_str(EMBEDDED_DIR)
+            .map(PathBuf::from)
+            .unwrap_or_else(default_data_root);
+        let consume_from = match attrs
+            .get_str(EMBEDDED_CONSUME_FROM)
+            .map(|s| s.trim().to_ascii_lowercase())
+        {
             None => ConsumeFrom::Beginning,
             Some(s) if s == "beginning" => ConsumeFrom::Beginning,
             Some(s) if s == "end" => ConsumeFrom::End,
@@ -143,11 +153,19 @@ impl EmbeddedConfig {
         };
         Ok(Self {
             dir: root.join(region),
-            fsync: attrs.get_parsed::<FsyncPolicy>(EMBEDDED_FSYNC)?.unwrap_or(FsyncPolicy::Never),
-            max_message_bytes: positive(attrs, EMBEDDED_MAX_MESSAGE_BYTES, 4 << 20, 1)?.min(1 << 30) as usize,
+            fsync: attrs
+                .get_parsed::<FsyncPolicy>(EMBEDDED_FSYNC)?
+                .unwrap_or(FsyncPolicy::Never),
+            max_message_bytes: positive(attrs, EMBEDDED_MAX_MESSAGE_BYTES, 4 << 20, 1)?.min(1 << 30)
+                as usize,
             segment_bytes: positive(attrs, EMBEDDED_SEGMENT_BYTES, 64 << 20, 4096)?,
             poll_interval: Duration::from_millis(positive(attrs, EMBEDDED_POLL_INTERVAL_MS, 5, 1)?),
-            ack_timeout: Duration::from_millis(positive(attrs, EMBEDDED_ACK_TIMEOUT_MS, 30_000, 1)?),
+            ack_timeout: Duration::from_millis(positive(
+                attrs,
+                EMBEDDED_ACK_TIMEOUT_MS,
+                30_000,
+                1,
+            )?),
             consume_from,
         })
     }
@@ -159,12 +177,15 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let attrs = KeyValue::new().with(EMBEDDED_DIR, "/tmp/x").with(keyvalue::REGION, "eu");
+        let attrs = KeyValue::new()
+            .with(EMBEDDED_DIR, "/tmp/x")
+            .with(keyvalue::REGION, "eu");
         let c = EmbeddedConfig::from_attributes(&attrs).unwrap();
         assert_eq!(c.dir, PathBuf::from("/tmp/x/eu"));
         assert_eq!(c.fsync, FsyncPolicy::Never);
         assert_eq!(c.max_message_bytes, 4 << 20);
-        let c = EmbeddedConfig::from_attributes(&attrs.clone().with(EMBEDDED_FSYNC, "always")).unwrap();
+        let c =
+            EmbeddedConfig::from_attributes(&attrs.clone().with(EMBEDDED_FSYNC, "always")).unwrap();
         assert_eq!(c.fsync, FsyncPolicy::Always);
     }
 
@@ -172,12 +193,30 @@ mod tests {
     fn bad_values_name_the_key() {
         let base = KeyValue::new().with(EMBEDDED_DIR, "/tmp/x");
         for (attrs, needle) in [
-            (base.clone().with("EMBEDDED_FSINC", "never"), "unknown attribute EMBEDDED_FSINC"),
-            (base.clone().with(EMBEDDED_FSYNC, "sometimes"), "'sometimes' is not a fsync policy"),
-            (base.clone().with(EMBEDDED_SEGMENT_BYTES, "10"), "EMBEDDED_SEGMENT_BYTES=10 is too small"),
-            (base.clone().with(EMBEDDED_MAX_MESSAGE_BYTES, "lots"), "EMBEDDED_MAX_MESSAGE_BYTES='lots'"),
-            (base.clone().with(keyvalue::REGION, "../etc"), "region '../etc'"),
-            (base.clone().with(EMBEDDED_CONSUME_FROM, "middle"), "'middle' is not a start"),
+            (
+                base.clone().with("EMBEDDED_FSINC", "never"),
+                "unknown attribute EMBEDDED_FSINC",
+            ),
+            (
+                base.clone().with(EMBEDDED_FSYNC, "sometimes"),
+                "'sometimes' is not a fsync policy",
+            ),
+            (
+                base.clone().with(EMBEDDED_SEGMENT_BYTES, "10"),
+                "EMBEDDED_SEGMENT_BYTES=10 is too small",
+            ),
+            (
+                base.clone().with(EMBEDDED_MAX_MESSAGE_BYTES, "lots"),
+                "EMBEDDED_MAX_MESSAGE_BYTES='lots'",
+            ),
+            (
+                base.clone().with(keyvalue::REGION, "../etc"),
+                "region '../etc'",
+            ),
+            (
+                base.clone().with(EMBEDDED_CONSUME_FROM, "middle"),
+                "'middle' is not a start",
+            ),
         ] {
             let err = EmbeddedConfig::from_attributes(&attrs).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");

@@ -17,7 +17,10 @@ impl GroupOffsets {
     pub(crate) fn new(store: &Store, group: &str, queue: &str, fsync: bool) -> Result<Self> {
         validate_component("consumer group (CONSUMER_ID)", group)?;
         let qn = QueueName::parse(queue)?;
-        Ok(Self { dir: store.group_dir(group, &qn), fsync })
+        Ok(Self {
+            dir: store.group_dir(group, &qn),
+            fsync,
+        })
     }
 
     fn path(&self, partition: i32) -> PathBuf {
@@ -28,7 +31,10 @@ impl GroupOffsets {
     /// value, never a torn one.
     pub(crate) fn commit(&self, partition: i32, offset: i64) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| OmsError::io("create", &self.dir, e))?;
-        let text = format!("{offset} {:08x}\n", crc32fast::hash(offset.to_string().as_bytes()));
+        let text = format!(
+            "{offset} {:08x}\n",
+            crc32fast::hash(offset.to_string().as_bytes())
+        );
         write_file_atomically(&self.path(partition), text.as_bytes(), self.fsync)
     }
 
@@ -42,7 +48,9 @@ impl GroupOffsets {
         };
         let parsed = text.trim().split_once(' ').and_then(|(o, c)| {
             let crc = u32::from_str_radix(c, 16).ok()?;
-            (crc32fast::hash(o.as_bytes()) == crc).then(|| o.parse::<i64>().ok()).flatten()
+            (crc32fast::hash(o.as_bytes()) == crc)
+                .then(|| o.parse::<i64>().ok())
+                .flatten()
         });
         parsed.map(Some).ok_or_else(|| {
             OmsError::storage(format!(
@@ -86,7 +94,11 @@ mod tests {
         let again = GroupOffsets::new(&store, "g1", "q", false).unwrap();
         assert_eq!(again.committed(0).unwrap(), Some(42));
         fs::write(again.path(0), "43 00000000\n").unwrap();
-        assert!(again.committed(0).unwrap_err().to_string().contains("is corrupt"));
+        assert!(again
+            .committed(0)
+            .unwrap_err()
+            .to_string()
+            .contains("is corrupt"));
         assert!(GroupOffsets::new(&store, "bad group", "q", false).is_err());
     }
 

@@ -110,26 +110,29 @@ fn scan_segment(path: &Path, tail: &mut Tail, max_record: usize) -> Result<ScanE
                     if rec.kind == KIND_ROLL {
                         return Ok(ScanEnd::Roll(rec.offset));
                     }
-                    tail.len = file_pos + at as u64;
-                    tail.next_offset = rec.offset + 1;
-                    tail.last_stored = tail.last_stored.max(rec.stored);
+                    // The tail moves a whole batch at a time: a batch whose last record is
+                    // missing was not acknowledged, and is cut off with its torn end.
+                    if rec.ends_batch {
+                        tail.len = file_pos + at as u64;
+                        tail.next_offset = rec.offset + 1;
+                        tail.last_stored = tail.last_stored.max(rec.stored);
+                    }
                 }
                 Parsed::Incomplete => break,
-                Parsed::Invalid(why) => {
-                    return Ok(ScanEnd::Invalid {
-                        pos: file_pos + at as u64,
-                        why,
-                    })
-                }
+                Parsed::Invalid(why) => return Ok(ScanEnd::Invalid { pos: tail.len, why }),
             }
         }
         if n == 0 {
-            return Ok(if at == filled {
+            return Ok(if tail.len == file_pos + filled as u64 {
                 ScanEnd::Eof
             } else {
                 ScanEnd::Invalid {
-                    pos: file_pos + at as u64,
-                    why: "record cut short",
+                    pos: tail.len,
+                    why: if at == filled {
+                        "batch cut short"
+                    } else {
+                        "record cut short"
+                    },
                 }
             });
         }
@@ -378,6 +381,7 @@ impl PartitionLog {
             buf: Bytes::new(),
             next_offset: offset,
             min_stored: i64::MIN,
+            batch_end: None,
         };
         let mut out = Vec::with_capacity(1);
         reader.read_available(1, &mut out)?;
@@ -476,6 +480,7 @@ impl PartitionLog {
             buf: Bytes::new(),
             next_offset: first,
             min_stored: i64::MIN,
+            batch_end: None,
         };
         match position {
             SeekPosition::Beginning => {}
@@ -595,7 +600,7 @@ fn first_stored(path: &Path, max_record: usize) -> Option<i64> {
     let mut buf = [0u8; HEADER_LEN];
     f.read_exact_at(&mut buf, 0).ok()?;
     let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
-    if len < HEADER_LEN - 8 || len > max_record || buf[24] > KIND_ROLL {
+    if len < HEADER_LEN - 8 || len > max_record || (buf[24] & !record::LAST_IN_BATCH) > KIND_ROLL {
         return None;
     }
     Some(i64::from_le_bytes(buf[16..24].try_into().ok()?))
@@ -617,6 +622,8 @@ pub(crate) struct LogReader {
     next_offset: i64,
     /// Records stored before this are skipped (a timestamp seek).
     min_stored: i64,
+    /// The offset of the last record of a batch known to be whole.
+    batch_end: Option<i64>,
 }
 
 impl LogReader {
@@ -707,6 +714,39 @@ impl LogReader {
         Ok(n)
     }
 
+    /// The offset of the record that ends the batch starting at `buf[0]`, once the whole batch
+    /// is in the file; `None` while it is not (yet).
+    fn find_batch_end(&mut self) -> Result<Option<i64>> {
+        let mut at = 0usize;
+        loop {
+            // Hop over the batch by lengths; the main pass checks every record's CRC, this one
+            // checks the record that ends the batch.
+            match record::parse(&self.buf[at..], self.log.max_record, false) {
+                Parsed::Record(rec) if rec.ends_batch => {
+                    return Ok(
+                        match record::parse(&self.buf[at..], self.log.max_record, true) {
+                            Parsed::Record(rec) => Some(rec.offset),
+                            _ => None,
+                        },
+                    );
+                }
+                Parsed::Record(rec) => at += rec.total_len,
+                Parsed::Incomplete => {
+                    let rest = &self.buf[at..];
+                    let need = if rest.len() >= 8 {
+                        8 + u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize
+                    } else {
+                        HEADER_LEN
+                    };
+                    if self.fill(at + need)? == 0 {
+                        return Ok(None);
+                    }
+                }
+                Parsed::Invalid(_) => return Ok(None),
+            }
+        }
+    }
+
     fn corrupt(&self, why: &str) -> OmsError {
         OmsError::storage(format!(
             "segment {} of queue '{}' partition {} is corrupt at byte {} ({why}); \
@@ -739,9 +779,23 @@ impl LogReader {
                         self.buf = Bytes::new();
                         continue;
                     }
-                    if rec.offset < self.next_offset || rec.stored < self.min_stored {
+                    if rec.offset < self.next_offset {
                         self.buf.advance(rec.total_len);
                         self.file_pos += rec.total_len as u64;
+                        continue;
+                    }
+                    // From here the record moves the position, which only a whole batch may:
+                    // a batch still being written (or torn by a crash) is not served in part.
+                    if !rec.ends_batch && self.batch_end.is_none_or(|end| rec.offset > end) {
+                        match self.find_batch_end()? {
+                            Some(end) => self.batch_end = Some(end),
+                            None => break,
+                        }
+                    }
+                    if rec.stored < self.min_stored {
+                        self.buf.advance(rec.total_len);
+                        self.file_pos += rec.total_len as u64;
+                        self.next_offset = rec.offset + 1;
                         continue;
                     }
                     if out.len() == out.capacity() {
@@ -986,5 +1040,51 @@ mod tests {
         send(&l, &["new1", "new2"], 1 << 20);
         assert_eq!(read_all(&l, SeekPosition::Timestamp(t))[0].1, "new1");
         assert!(read_all(&l, SeekPosition::Timestamp(now_millis() + 1000)).is_empty());
+    }
+
+    #[test]
+    fn a_batch_cut_short_by_a_crash_is_never_served_and_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = log(dir.path(), RetentionPolicy::default());
+        send(&l, &["a", "b", "c"], 1 << 20);
+        // A crashed writer got two whole records of a three-record batch onto the disk.
+        let mut batch = EncodedBatch::default();
+        for body in ["x", "y", "z"] {
+            batch.push_message(&Message::new("q", body), false);
+        }
+        batch.seal(3, 1);
+        let two = batch.starts[2];
+        let path = segment_path(&l.dir, 0);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&batch.buf[..two]).unwrap();
+        let again = log(dir.path(), RetentionPolicy::default());
+        let mut reader = again.reader(SeekPosition::Beginning).unwrap();
+        let mut out = Vec::new();
+        reader.read_available(100, &mut out).unwrap();
+        assert_eq!(out.len(), 3, "the partial batch is not served");
+        assert_eq!(reader.position(), 3);
+        assert_eq!(again.tail().unwrap().next_offset, 3);
+        assert_eq!(
+            send(&again, &["d"], 1 << 20),
+            3,
+            "the writer cuts the partial batch"
+        );
+        let bodies: Vec<String> = read_all(&again, SeekPosition::Beginning)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(bodies, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_timestamp_seek_past_the_end_moves_the_position_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = log(dir.path(), RetentionPolicy::default());
+        send(&l, &["a", "b", "c"], 1 << 20);
+        let mut reader = l
+            .reader(SeekPosition::Timestamp(now_millis() + 3_600_000))
+            .unwrap();
+        assert_eq!(reader.read_available(10, &mut Vec::new()).unwrap(), 0);
+        assert_eq!(reader.position(), 3, "skipped records advance the position");
     }
 }

@@ -35,16 +35,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use config::{
-    default_data_root, ConsumeFrom, EmbeddedConfig, FsyncPolicy, DATA_DIR_ENV, EMBEDDED_ACK_TIMEOUT_MS,
-    EMBEDDED_CONSUME_FROM, EMBEDDED_DIR, EMBEDDED_FSYNC, EMBEDDED_MAX_MESSAGE_BYTES, EMBEDDED_POLL_INTERVAL_MS,
-    EMBEDDED_SEGMENT_BYTES,
+    default_data_root, ConsumeFrom, EmbeddedConfig, FsyncPolicy, DATA_DIR_ENV,
+    EMBEDDED_ACK_TIMEOUT_MS, EMBEDDED_CONSUME_FROM, EMBEDDED_DIR, EMBEDDED_FSYNC,
+    EMBEDDED_MAX_MESSAGE_BYTES, EMBEDDED_POLL_INTERVAL_MS, EMBEDDED_SEGMENT_BYTES,
 };
 use store::Store;
 
 use crate::oms::{
-    keyvalue, AccessPointUri, Driver, KeyValue, LifecycleCell, MessagingAccessPoint, OmsError, Producer, PullConsumer,
-    QueueConfig, QueueDescription, ResourceManager, Result, ServiceLifeState, ServiceLifecycle, StreamingConsumer,
-    TransactionStateCheckListener,
+    keyvalue, AccessPointUri, Driver, KeyValue, LifecycleCell, MessagingAccessPoint, OmsError,
+    Producer, PullConsumer, QueueConfig, QueueDescription, ResourceManager, Result,
+    ServiceLifeState, ServiceLifecycle, StreamingConsumer, TransactionStateCheckListener,
 };
 
 /// The driver for `oms:embedded://...` URLs.
@@ -64,7 +64,10 @@ impl Shared {
     }
 
     pub(crate) fn write_options(&self) -> log::WriteOptions {
-        log::WriteOptions { fsync: self.fsync(), segment_bytes: self.config.segment_bytes }
+        log::WriteOptions {
+            fsync: self.fsync(),
+            segment_bytes: self.config.segment_bytes,
+        }
     }
 }
 
@@ -74,8 +77,17 @@ impl Driver for EmbeddedDriver {
         "embedded"
     }
 
-    async fn connect(&self, uri: &AccessPointUri, attrs: KeyValue) -> Result<Arc<dyn MessagingAccessPoint>> {
-        if let Some(h) = uri.hosts.iter().find(|h| !matches!(h.host.as_str(), "localhost" | "127.0.0.1" | "[::1]" | "local")) {
+    async fn connect(
+        &self,
+        uri: &AccessPointUri,
+        attrs: KeyValue,
+    ) -> Result<Arc<dyn MessagingAccessPoint>> {
+        if let Some(h) = uri.hosts.iter().find(|h| {
+            !matches!(
+                h.host.as_str(),
+                "localhost" | "127.0.0.1" | "[::1]" | "local"
+            )
+        }) {
             return Err(OmsError::bad_parameter(format!(
                 "the embedded driver stores queues on this machine; its host must be localhost, not '{h}' \
                  (use a broker driver, such as oms:rocketmq://..., to reach other machines)"
@@ -122,13 +134,19 @@ impl EmbeddedAccessPoint {
                     "EMBEDDED_DIR belongs to the access point; connect another access point for another store",
                 ));
             }
-            return Ok(Arc::new(Shared { store: Arc::clone(&self.shared.store), config }));
+            return Ok(Arc::new(Shared {
+                store: Arc::clone(&self.shared.store),
+                config,
+            }));
         }
         Ok(Arc::clone(&self.shared))
     }
 
     fn group(&self, attrs: &KeyValue) -> Option<String> {
-        attrs.get_str(keyvalue::CONSUMER_ID).or_else(|| self.attributes.get_str(keyvalue::CONSUMER_ID)).map(str::to_owned)
+        attrs
+            .get_str(keyvalue::CONSUMER_ID)
+            .or_else(|| self.attributes.get_str(keyvalue::CONSUMER_ID))
+            .map(str::to_owned)
     }
 }
 
@@ -160,7 +178,10 @@ impl MessagingAccessPoint for EmbeddedAccessPoint {
     }
 
     async fn create_producer(&self, attrs: KeyValue) -> Result<Producer> {
-        Ok(Producer::new(Arc::new(producer::EmbeddedProducer::new(self.with_attrs(&attrs)?, None))))
+        Ok(Producer::new(Arc::new(producer::EmbeddedProducer::new(
+            self.with_attrs(&attrs)?,
+            None,
+        ))))
     }
 
     async fn create_transactional_producer(
@@ -168,27 +189,43 @@ impl MessagingAccessPoint for EmbeddedAccessPoint {
         attrs: KeyValue,
         listener: Arc<dyn TransactionStateCheckListener>,
     ) -> Result<Producer> {
-        Ok(Producer::new(Arc::new(producer::EmbeddedProducer::new(self.with_attrs(&attrs)?, Some(listener)))))
+        Ok(Producer::new(Arc::new(producer::EmbeddedProducer::new(
+            self.with_attrs(&attrs)?,
+            Some(listener),
+        ))))
     }
 
     async fn create_pull_consumer(&self, attrs: KeyValue) -> Result<Arc<dyn PullConsumer>> {
         let group = self.group(&attrs).ok_or_else(|| {
-            OmsError::bad_parameter("a pull consumer needs a consumer group: set the CONSUMER_ID attribute")
+            OmsError::bad_parameter(
+                "a pull consumer needs a consumer group: set the CONSUMER_ID attribute",
+            )
         })?;
         store::validate_component("consumer group (CONSUMER_ID)", &group)?;
-        Ok(Arc::new(pull::EmbeddedPullConsumer::new(self.with_attrs(&attrs)?, group)))
+        Ok(Arc::new(pull::EmbeddedPullConsumer::new(
+            self.with_attrs(&attrs)?,
+            group,
+        )))
     }
 
-    async fn create_streaming_consumer(&self, attrs: KeyValue) -> Result<Arc<dyn StreamingConsumer>> {
+    async fn create_streaming_consumer(
+        &self,
+        attrs: KeyValue,
+    ) -> Result<Arc<dyn StreamingConsumer>> {
         let group = self.group(&attrs);
         if let Some(g) = &group {
             store::validate_component("consumer group (CONSUMER_ID)", g)?;
         }
-        Ok(Arc::new(streaming::EmbeddedStreamingConsumer::new(self.with_attrs(&attrs)?, group)))
+        Ok(Arc::new(streaming::EmbeddedStreamingConsumer::new(
+            self.with_attrs(&attrs)?,
+            group,
+        )))
     }
 
     async fn resource_manager(&self) -> Result<Arc<dyn ResourceManager>> {
-        Ok(Arc::new(EmbeddedResourceManager { shared: Arc::clone(&self.shared) }))
+        Ok(Arc::new(EmbeddedResourceManager {
+            shared: Arc::clone(&self.shared),
+        }))
     }
 }
 
@@ -213,7 +250,9 @@ impl ResourceManager for EmbeddedResourceManager {
     }
 
     async fn create_queue(&self, queue: &str, config: QueueConfig) -> Result<()> {
-        self.shared.store.create_queue(queue, &config, self.shared.fsync())
+        self.shared
+            .store
+            .create_queue(queue, &config, self.shared.fsync())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<()> {

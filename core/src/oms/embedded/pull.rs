@@ -20,8 +20,8 @@ use super::log::{LogReader, PartitionLog};
 use super::streaming::release_due_throttled;
 use super::Shared;
 use crate::oms::{
-    LifecycleCell, Message, MessageReceipt, OmsError, OmsStatus, PullConsumer, Result, SeekPosition, ServiceLifeState,
-    ServiceLifecycle,
+    LifecycleCell, Message, MessageReceipt, OmsError, OmsStatus, PullConsumer, Result,
+    SeekPosition, ServiceLifeState, ServiceLifecycle,
 };
 
 const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,7 +53,11 @@ struct Claim {
 
 impl Claim {
     fn low_water(&self) -> i64 {
-        self.in_flight.keys().next().copied().unwrap_or_else(|| self.reader.position())
+        self.in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or_else(|| self.reader.position())
     }
 
     fn flush(&mut self, force: bool) -> Result<()> {
@@ -86,7 +90,12 @@ pub(crate) struct EmbeddedPullConsumer {
 
 impl EmbeddedPullConsumer {
     pub(crate) fn new(shared: Arc<Shared>, group: String) -> Self {
-        Self { shared, group, state: LifecycleCell::new(ServiceLifeState::Initialized), inner: Mutex::default() }
+        Self {
+            shared,
+            group,
+            state: LifecycleCell::new(ServiceLifeState::Initialized),
+            inner: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PullState> {
@@ -97,11 +106,18 @@ impl EmbeddedPullConsumer {
         for name in st.bound.clone() {
             let queue = self.shared.store.queue(&name)?;
             for log in &queue.partitions {
-                if st.claims.iter().any(|c| c.queue == queue.name && c.log.partition == log.partition) {
+                if st
+                    .claims
+                    .iter()
+                    .any(|c| c.queue == queue.name && c.log.partition == log.partition)
+                {
                     continue;
                 }
-                let offsets = GroupOffsets::new(&self.shared.store, &self.group, &name, self.shared.fsync())?;
-                let Some(owner) = offsets.try_claim(log.partition)? else { continue };
+                let offsets =
+                    GroupOffsets::new(&self.shared.store, &self.group, &name, self.shared.fsync())?;
+                let Some(owner) = offsets.try_claim(log.partition)? else {
+                    continue;
+                };
                 let committed = offsets.committed(log.partition)?;
                 let position = match (committed, self.shared.config.consume_from) {
                     (Some(o), _) => SeekPosition::Offset(o),
@@ -166,8 +182,19 @@ impl EmbeddedPullConsumer {
             for mut m in fresh {
                 m.extension_header.delivery_count = 1;
                 let offset = m.offset().unwrap_or_default();
-                m.receipt = Some(MessageReceipt { queue: claim.queue.clone(), partition: claim.log.partition, offset });
-                claim.in_flight.insert(offset, InFlight { message: m.clone(), deadline: now + ack_timeout, deliveries: 1 });
+                m.receipt = Some(MessageReceipt {
+                    queue: claim.queue.clone(),
+                    partition: claim.log.partition,
+                    offset,
+                });
+                claim.in_flight.insert(
+                    offset,
+                    InFlight {
+                        message: m.clone(),
+                        deadline: now + ack_timeout,
+                        deliveries: 1,
+                    },
+                );
                 out.push(m);
             }
         }

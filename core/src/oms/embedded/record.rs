@@ -5,7 +5,8 @@
 //! u32 crc      CRC-32 of those bytes
 //! u64 offset   the record's offset in the partition (for a roll marker: the next segment's base)
 //! i64 stored   store timestamp, ms since the epoch, non-decreasing in a partition
-//! u8  kind     0 = message, 1 = roll marker (the segment ends; continue in the next one)
+//! u8  kind     0 = message, 1 = roll marker (the segment ends; continue in the next one);
+//!              bit 7 set: the last record of its batch (roll markers are batches of their own)
 //! ... payload  for a message, see `encode_payload`
 //! ```
 //! All integers are little-endian. The CRC covers the offset and timestamp too, so a record whose
@@ -23,6 +24,8 @@ pub(crate) const HEADER_LEN: usize = 25;
 pub(crate) const KIND_MESSAGE: u8 = 0;
 /// The end of a segment: the next record is at the start of segment `offset`.
 pub(crate) const KIND_ROLL: u8 = 1;
+/// Flag in the kind byte: the last record of a batch.
+pub(crate) const LAST_IN_BATCH: u8 = 0x80;
 
 const F_MESSAGE_ID: u16 = 1;
 const F_BORN_HOST: u16 = 1 << 1;
@@ -47,6 +50,9 @@ pub(crate) struct RecordHeader {
     pub(crate) offset: i64,
     pub(crate) stored: i64,
     pub(crate) kind: u8,
+    /// Whether this record ends its batch: a batch is served (and kept after a crash) only
+    /// whole, up to and including such a record.
+    pub(crate) ends_batch: bool,
 }
 
 /// What a byte slice at a record boundary holds.
@@ -77,7 +83,7 @@ pub(crate) fn parse(buf: &[u8], max_record: usize, verify: bool) -> Parsed {
     if verify && crc32fast::hash(&buf[8..total_len]) != crc {
         return Parsed::Invalid("checksum mismatch");
     }
-    let kind = buf[24];
+    let kind = buf[24] & !LAST_IN_BATCH;
     if kind != KIND_MESSAGE && kind != KIND_ROLL {
         return Parsed::Invalid("unknown record kind");
     }
@@ -87,6 +93,7 @@ pub(crate) fn parse(buf: &[u8], max_record: usize, verify: bool) -> Parsed {
         offset: i64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()),
         stored: i64::from_le_bytes(buf[16..24].try_into().unwrap_or_default()),
         kind,
+        ends_batch: kind == KIND_ROLL || buf[24] & LAST_IN_BATCH != 0,
     })
 }
 
@@ -139,9 +146,16 @@ impl EncodedBatch {
     /// Gives the message records consecutive offsets from `first_offset`, the store time
     /// `stored`, and their CRCs.
     pub(crate) fn seal(&mut self, first_offset: i64, stored: i64) {
+        let last = self.starts.len().saturating_sub(1);
         for (i, &start) in self.starts.iter().enumerate() {
             let end = self.starts.get(i + 1).copied().unwrap_or(self.buf.len());
             let rec = &mut self.buf[start..end];
+            // Only the last record carries the flag: the batch is whole once it is there.
+            rec[24] = if i == last {
+                rec[24] | LAST_IN_BATCH
+            } else {
+                rec[24] & !LAST_IN_BATCH
+            };
             rec[8..16].copy_from_slice(&(first_offset + i as i64).to_le_bytes());
             rec[16..24].copy_from_slice(&stored.to_le_bytes());
             let crc = crc32fast::hash(&rec[8..]);

@@ -27,7 +27,11 @@ use crate::oms::{now_millis, Message, OmsError, Result};
 pub(crate) fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
-    format!("{nanos:016X}{:08X}{:08X}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed) as u32)
+    format!(
+        "{nanos:016X}{:08X}{:08X}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed) as u32
+    )
 }
 
 pub(crate) fn staged_dir(log: &PartitionLog) -> PathBuf {
@@ -50,7 +54,12 @@ fn encode_one(message: &Message) -> Vec<u8> {
 
 fn decode_one(log: &PartitionLog, path: &Path, bytes: Vec<u8>) -> Result<Message> {
     let chunk = Bytes::from(bytes);
-    let bad = |why: &str| OmsError::storage(format!("staged message {} is corrupt ({why}); delete it", path.display()));
+    let bad = |why: &str| {
+        OmsError::storage(format!(
+            "staged message {} is corrupt ({why}); delete it",
+            path.display()
+        ))
+    };
     match record::parse(&chunk, chunk.len(), true) {
         Parsed::Record(rec) if rec.total_len == chunk.len() => {
             record::decode_message(&chunk, &rec, log.placement()).map_err(&bad)
@@ -61,7 +70,12 @@ fn decode_one(log: &PartitionLog, path: &Path, bytes: Vec<u8>) -> Result<Message
 }
 
 /// Writes `message` (its id already set) as a staged file with `file_name`.
-pub(crate) fn stage(log: &PartitionLog, file_name: &str, message: &Message, fsync: bool) -> Result<PathBuf> {
+pub(crate) fn stage(
+    log: &PartitionLog,
+    file_name: &str,
+    message: &Message,
+    fsync: bool,
+) -> Result<PathBuf> {
     let dir = staged_dir(log);
     fs::create_dir_all(&dir).map_err(|e| OmsError::io("create", &dir, e))?;
     let path = dir.join(file_name);
@@ -71,13 +85,22 @@ pub(crate) fn stage(log: &PartitionLog, file_name: &str, message: &Message, fsyn
 
 /// Writes a prepared message and returns it locked: the lock is taken before the file gets its
 /// final name, so no recovery can mistake it for an orphan.
-pub(crate) fn stage_prepared(log: &PartitionLog, id: &str, message: &Message, fsync: bool) -> Result<(PathBuf, File)> {
+pub(crate) fn stage_prepared(
+    log: &PartitionLog,
+    id: &str,
+    message: &Message,
+    fsync: bool,
+) -> Result<(PathBuf, File)> {
     let dir = staged_dir(log);
     fs::create_dir_all(&dir).map_err(|e| OmsError::io("create", &dir, e))?;
     let path = dir.join(format!("{id}.prepared"));
     let tmp = dir.join(format!("{id}.tmp"));
     let res = (|| {
-        let mut f = File::options().create_new(true).read(true).write(true).open(&tmp)?;
+        let mut f = File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&tmp)?;
         f.lock()?;
         std::io::Write::write_all(&mut f, &encode_one(message))?;
         if fsync {
@@ -125,7 +148,11 @@ pub(crate) fn read_staged(log: &PartitionLog, path: &Path) -> Result<Option<Mess
 
 /// Publishes the staged message in `staged` into the partition, exactly once. Returns its offset,
 /// or `None` if it was already published by someone else.
-pub(crate) fn publish(log: &Arc<PartitionLog>, staged: &Path, opts: WriteOptions) -> Result<Option<i64>> {
+pub(crate) fn publish(
+    log: &Arc<PartitionLog>,
+    staged: &Path,
+    opts: WriteOptions,
+) -> Result<Option<i64>> {
     let publishing = staged.with_extension("publishing");
     log.with_write_lock(opts, |appender| {
         let record = match fs::read(&publishing) {
@@ -163,7 +190,10 @@ pub(crate) fn publish(log: &Arc<PartitionLog>, staged: &Path, opts: WriteOptions
             }
             Err(e) => return Err(OmsError::io("read", &publishing, e)),
         };
-        let mut batch = EncodedBatch { buf: record, starts: vec![0] };
+        let mut batch = EncodedBatch {
+            buf: record,
+            starts: vec![0],
+        };
         let (offset, _) = appender.append(&mut batch)?;
         remove(&publishing)?;
         Ok(Some(offset))
@@ -195,14 +225,22 @@ pub(crate) fn release_due(log: &Arc<PartitionLog>, opts: WriteOptions) -> Result
     let now = now_millis();
     let mut due = Vec::new();
     for entry in entries {
-        let name = entry.map_err(|e| OmsError::io("list", &dir, e))?.file_name();
+        let name = entry
+            .map_err(|e| OmsError::io("list", &dir, e))?
+            .file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(stem) = name.strip_suffix(".publishing") {
             // Its staged file may be gone; publish() works from the .publishing file alone.
-            let ext = if stem.contains('-') { "delayed" } else { "prepared" };
+            let ext = if stem.contains('-') {
+                "delayed"
+            } else {
+                "prepared"
+            };
             due.push(dir.join(format!("{stem}.{ext}")));
         } else if let Some(stem) = name.strip_suffix(".delayed") {
-            let at = stem.split_once('-').and_then(|(d, _)| d.parse::<i64>().ok());
+            let at = stem
+                .split_once('-')
+                .and_then(|(d, _)| d.parse::<i64>().ok());
             if at.is_some_and(|d| d <= now) {
                 due.push(dir.join(name));
             }
@@ -246,14 +284,28 @@ mod tests {
     fn log(dir: &Path) -> Arc<PartitionLog> {
         let d = dir.join("p-0");
         fs::create_dir_all(&d).unwrap();
-        Arc::new(PartitionLog::new(d, "q".into(), 1, 0, RetentionPolicy::default(), Arc::from("h"), 1 << 20))
+        Arc::new(PartitionLog::new(
+            d,
+            "q".into(),
+            1,
+            0,
+            RetentionPolicy::default(),
+            Arc::from("h"),
+            1 << 20,
+        ))
     }
 
-    const OPTS: WriteOptions = WriteOptions { fsync: false, segment_bytes: 1 << 20 };
+    const OPTS: WriteOptions = WriteOptions {
+        fsync: false,
+        segment_bytes: 1 << 20,
+    };
 
     fn all(l: &Arc<PartitionLog>) -> Vec<Message> {
         let mut out = Vec::new();
-        l.reader(SeekPosition::Beginning).unwrap().read_available(usize::MAX, &mut out).unwrap();
+        l.reader(SeekPosition::Beginning)
+            .unwrap()
+            .read_available(usize::MAX, &mut out)
+            .unwrap();
         out
     }
 
@@ -265,7 +317,11 @@ mod tests {
         m.header.message_id = Some(new_id());
         let path = stage(&l, "a.prepared", &m, false).unwrap();
         assert_eq!(publish(&l, &path, OPTS).unwrap(), Some(0));
-        assert_eq!(publish(&l, &path, OPTS).unwrap(), None, "a second publish finds nothing");
+        assert_eq!(
+            publish(&l, &path, OPTS).unwrap(),
+            None,
+            "a second publish finds nothing"
+        );
 
         // Crash after the append, before the .publishing file was removed.
         let path = stage(&l, "b.prepared", &m, false).unwrap();
@@ -273,9 +329,16 @@ mod tests {
         body.extend_from_slice(&fs::read(&path).unwrap());
         fs::write(path.with_extension("publishing"), &body).unwrap();
         fs::remove_file(&path).unwrap();
-        let mut batch = EncodedBatch { buf: body[8..].to_vec(), starts: vec![0] };
+        let mut batch = EncodedBatch {
+            buf: body[8..].to_vec(),
+            starts: vec![0],
+        };
         l.append(&mut batch, OPTS).unwrap();
-        assert_eq!(release_due(&l, OPTS).unwrap(), 1, "the leftover is resolved");
+        assert_eq!(
+            release_due(&l, OPTS).unwrap(),
+            1,
+            "the leftover is resolved"
+        );
         assert_eq!(all(&l).len(), 2, "and not published twice");
 
         // Crash before the append.
@@ -290,7 +353,10 @@ mod tests {
         let got = all(&l);
         assert_eq!(got.len(), 3);
         assert_eq!(got[2].message_id(), m2.message_id());
-        assert!(fs::read_dir(staged_dir(&l)).unwrap().next().is_none(), "nothing left staged");
+        assert!(
+            fs::read_dir(staged_dir(&l)).unwrap().next().is_none(),
+            "nothing left staged"
+        );
     }
 
     #[test]

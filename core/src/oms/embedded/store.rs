@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use serde::{Deserialize, Serialize};
 
 use super::log::{list_segments, segment_path, PartitionLog};
-use crate::oms::{now_millis, OmsError, OmsErrorKind, OmsStatus, PartitionDescription, QueueConfig, QueueDescription, Result};
+use crate::oms::{
+    now_millis, OmsError, OmsErrorKind, OmsStatus, PartitionDescription, QueueConfig,
+    QueueDescription, Result,
+};
 
 /// The namespace of queue names without `ns://`.
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";
@@ -43,7 +46,9 @@ pub(crate) fn validate_component(what: &str, s: &str) -> Result<()> {
     if s.is_empty()
         || s.len() > 200
         || s.starts_with('.')
-        || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(OmsError::bad_parameter(format!(
             "{what} '{s}' is not valid; use 1 to 200 letters, digits, '-', '_' or '.', not starting with '.'"
@@ -60,7 +65,10 @@ impl QueueName {
         };
         validate_component("namespace", namespace)?;
         validate_component("queue name", name)?;
-        Ok(Self { namespace: namespace.to_string(), name: name.to_string() })
+        Ok(Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
     }
 
     pub(crate) fn full(&self) -> String {
@@ -89,13 +97,16 @@ pub(crate) struct QueueHandle {
 
 impl QueueHandle {
     pub(crate) fn partition(&self, p: i32) -> Result<&Arc<PartitionLog>> {
-        usize::try_from(p).ok().and_then(|i| self.partitions.get(i)).ok_or_else(|| {
-            OmsError::bad_parameter(format!(
-                "queue '{}' has partitions 0 to {}; partition {p} does not exist",
-                self.name,
-                self.partitions.len() - 1
-            ))
-        })
+        usize::try_from(p)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+            .ok_or_else(|| {
+                OmsError::bad_parameter(format!(
+                    "queue '{}' has partitions 0 to {}; partition {p} does not exist",
+                    self.name,
+                    self.partitions.len() - 1
+                ))
+            })
     }
 }
 
@@ -130,8 +141,6 @@ pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8], fsync: bool) -> R
     })
 }
 
-
-
 impl Store {
     /// Opens (creating if needed) the store in `dir`. A non-empty directory that is not a
     /// store is refused, so a typo never scatters queue files into an unrelated folder.
@@ -146,7 +155,10 @@ impl Store {
         match fs::read(&marker) {
             Ok(bytes) => {
                 let m: Marker = serde_json::from_slice(&bytes).map_err(|e| {
-                    OmsError::storage(format!("{} is corrupt ({e}); restore it or recreate the store", marker.display()))
+                    OmsError::storage(format!(
+                        "{} is corrupt ({e}); restore it or recreate the store",
+                        marker.display()
+                    ))
                 })?;
                 if m.format != FORMAT {
                     return Err(OmsError::new(
@@ -161,7 +173,10 @@ impl Store {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let non_empty = fs::read_dir(&dir).map_err(|e| OmsError::io("list", &dir, e))?.next().is_some();
+                let non_empty = fs::read_dir(&dir)
+                    .map_err(|e| OmsError::io("list", &dir, e))?
+                    .next()
+                    .is_some();
                 if non_empty {
                     return Err(OmsError::storage(format!(
                         "{} is not an omstream queue store (it has files but no {MARKER}); \
@@ -169,8 +184,11 @@ impl Store {
                         dir.display()
                     )));
                 }
-                let body = serde_json::to_vec_pretty(&Marker { format: FORMAT, created: now_millis() })
-                    .map_err(|e| OmsError::storage(format!("cannot encode the store marker: {e}")))?;
+                let body = serde_json::to_vec_pretty(&Marker {
+                    format: FORMAT,
+                    created: now_millis(),
+                })
+                .map_err(|e| OmsError::storage(format!("cannot encode the store marker: {e}")))?;
                 write_file_atomically(&marker, &body, true)?;
                 fs::create_dir_all(dir.join("namespaces").join(DEFAULT_NAMESPACE))
                     .map_err(|e| OmsError::io("create", &dir, e))?;
@@ -178,8 +196,15 @@ impl Store {
             Err(e) => return Err(OmsError::io("read", &marker, e)),
         }
         let host = crate::oms::local_host_id();
-        let host = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h).to_string();
-        let store = Arc::new(Self { dir: dir.clone(), host: Arc::from(host), queues: Mutex::new(HashMap::new()) });
+        let host = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(h, _)| h)
+            .to_string();
+        let store = Arc::new(Self {
+            dir: dir.clone(),
+            host: Arc::from(host),
+            queues: Mutex::new(HashMap::new()),
+        });
         stores.retain(|_, w| w.strong_count() > 0);
         stores.insert(dir, Arc::downgrade(&store));
         Ok(store)
@@ -194,12 +219,21 @@ impl Store {
     }
 
     pub(crate) fn group_dir(&self, group: &str, q: &QueueName) -> PathBuf {
-        self.dir.join("groups").join(group).join(&q.namespace).join(&q.name)
+        self.dir
+            .join("groups")
+            .join(group)
+            .join(&q.namespace)
+            .join(&q.name)
     }
 
     /// The open queue `name`, loaded from disk on first use.
     pub(crate) fn queue(&self, name: &str) -> Result<Arc<QueueHandle>> {
-        if let Some(q) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(q) = self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(q.clone());
         }
         let qn = QueueName::parse(name)?;
@@ -207,9 +241,14 @@ impl Store {
         let meta_path = dir.join("queue.json");
         let meta: QueueMeta = match fs::read(&meta_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                OmsError::storage(format!("{} is corrupt ({e}); restore it or delete the queue", meta_path.display()))
+                OmsError::storage(format!(
+                    "{} is corrupt ({e}); restore it or delete the queue",
+                    meta_path.display()
+                ))
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OmsError::destination_not_found(name)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OmsError::destination_not_found(name))
+            }
             Err(e) => return Err(OmsError::io("read", &meta_path, e)),
         };
         let full = qn.full();
@@ -227,14 +266,21 @@ impl Store {
                 ))
             })
             .collect();
-        let handle = Arc::new(QueueHandle { name: full, config: meta.config, partitions });
+        let handle = Arc::new(QueueHandle {
+            name: full,
+            config: meta.config,
+            partitions,
+        });
         let mut cache = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cache.entry(name.to_string()).or_insert(handle).clone())
     }
 
     /// Forgets a cached queue (after it was found deleted).
     pub(crate) fn forget(&self, name: &str) {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     pub(crate) fn create_namespace(&self, ns: &str) -> Result<()> {
@@ -262,7 +308,9 @@ impl Store {
     pub(crate) fn delete_namespace(&self, ns: &str) -> Result<()> {
         validate_component("namespace", ns)?;
         if ns == DEFAULT_NAMESPACE {
-            return Err(OmsError::bad_parameter("the default namespace cannot be deleted; delete its queues instead"));
+            return Err(OmsError::bad_parameter(
+                "the default namespace cannot be deleted; delete its queues instead",
+            ));
         }
         for q in self.list_queues(Some(ns))? {
             self.delete_queue(&q)?;
@@ -288,16 +336,24 @@ impl Store {
         // `create_dir` is atomic: of two processes creating one queue, exactly one wins.
         match fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(OmsError::destination_exists(name)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(OmsError::destination_exists(name))
+            }
             Err(e) => return Err(OmsError::io("create", &dir, e)),
         }
         for p in 0..config.partitions {
             let pdir = dir.join(format!("p-{p}"));
             fs::create_dir(&pdir).map_err(|e| OmsError::io("create", &pdir, e))?;
-            fs::File::create(segment_path(&pdir, 0)).map_err(|e| OmsError::io("create", &pdir, e))?;
+            fs::File::create(segment_path(&pdir, 0))
+                .map_err(|e| OmsError::io("create", &pdir, e))?;
         }
-        let meta = QueueMeta { name: qn.full(), created: now_millis(), config: config.clone() };
-        let body = serde_json::to_vec_pretty(&meta).map_err(|e| OmsError::storage(format!("cannot encode queue metadata: {e}")))?;
+        let meta = QueueMeta {
+            name: qn.full(),
+            created: now_millis(),
+            config: config.clone(),
+        };
+        let body = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| OmsError::storage(format!("cannot encode queue metadata: {e}")))?;
         // queue.json is written last: a queue is visible only once it is complete.
         write_file_atomically(&dir.join("queue.json"), &body, fsync)
     }
@@ -311,7 +367,12 @@ impl Store {
         // Rename first so that no reader sees a half-deleted queue, then remove.
         let trash = self.dir.join("trash");
         fs::create_dir_all(&trash).map_err(|e| OmsError::io("create", &trash, e))?;
-        let target = trash.join(format!("{}-{}-{}", qn.namespace, qn.name, crate::oms::embedded::staged::new_id()));
+        let target = trash.join(format!(
+            "{}-{}-{}",
+            qn.namespace,
+            qn.name,
+            crate::oms::embedded::staged::new_id()
+        ));
         fs::rename(&dir, &target).map_err(|e| OmsError::io("delete", &dir, e))?;
         fs::remove_dir_all(&target).map_err(|e| OmsError::io("delete", &target, e))?;
         let groups = self.dir.join("groups");
@@ -337,8 +398,19 @@ impl Store {
         let mut out = Vec::new();
         for ns in namespaces {
             for name in list_names(&self.namespace_dir(&ns))? {
-                if self.namespace_dir(&ns).join(&name).join("queue.json").exists() {
-                    out.push(QueueName { namespace: ns.clone(), name }.full());
+                if self
+                    .namespace_dir(&ns)
+                    .join(&name)
+                    .join("queue.json")
+                    .exists()
+                {
+                    out.push(
+                        QueueName {
+                            namespace: ns.clone(),
+                            name,
+                        }
+                        .full(),
+                    );
                 }
             }
         }
@@ -352,7 +424,9 @@ impl Store {
             let bases = list_segments(&log.dir)?;
             let mut bytes = 0;
             for &b in &bases {
-                bytes += fs::metadata(segment_path(&log.dir, b)).map(|m| m.len()).unwrap_or(0);
+                bytes += fs::metadata(segment_path(&log.dir, b))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
             }
             let tail = log.tail()?;
             partitions.push(PartitionDescription {
@@ -362,7 +436,11 @@ impl Store {
                 bytes,
             });
         }
-        Ok(QueueDescription { name: q.name.clone(), config: q.config.clone(), partitions })
+        Ok(QueueDescription {
+            name: q.name.clone(),
+            config: q.config.clone(),
+            partitions,
+        })
     }
 }
 
@@ -394,7 +472,10 @@ mod tests {
     fn names_parse_with_namespaces() {
         assert_eq!(QueueName::parse("orders").unwrap().full(), "orders");
         let q = QueueName::parse("NS://HELLO_QUEUE").unwrap();
-        assert_eq!((q.namespace.as_str(), q.name.as_str()), ("NS", "HELLO_QUEUE"));
+        assert_eq!(
+            (q.namespace.as_str(), q.name.as_str()),
+            ("NS", "HELLO_QUEUE")
+        );
         for bad in ["", "a/b", "../x", "ns://", "://q", "q q"] {
             assert!(QueueName::parse(bad).is_err(), "{bad}");
         }
@@ -405,22 +486,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("notes.txt"), "mine").unwrap();
         let err = Store::open(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("is not an omstream queue store"), "{err}");
+        assert!(
+            err.to_string().contains("is not an omstream queue store"),
+            "{err}"
+        );
     }
 
     #[test]
     fn queues_are_created_listed_described_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s")).unwrap();
-        store.create_queue("a", &QueueConfig::with_partitions(3), false).unwrap();
-        assert_eq!(store.create_queue("a", &QueueConfig::default(), false).unwrap_err().status(), OmsStatus::DESTINATION_ALREADY_EXISTS);
-        assert_eq!(store.create_queue("x://b", &QueueConfig::default(), false).unwrap_err().status(), OmsStatus::NAMESPACE_NOT_FOUND);
+        store
+            .create_queue("a", &QueueConfig::with_partitions(3), false)
+            .unwrap();
+        assert_eq!(
+            store
+                .create_queue("a", &QueueConfig::default(), false)
+                .unwrap_err()
+                .status(),
+            OmsStatus::DESTINATION_ALREADY_EXISTS
+        );
+        assert_eq!(
+            store
+                .create_queue("x://b", &QueueConfig::default(), false)
+                .unwrap_err()
+                .status(),
+            OmsStatus::NAMESPACE_NOT_FOUND
+        );
         store.create_namespace("x").unwrap();
-        store.create_queue("x://b", &QueueConfig::default(), false).unwrap();
+        store
+            .create_queue("x://b", &QueueConfig::default(), false)
+            .unwrap();
         assert_eq!(store.list_queues(None).unwrap(), vec!["a", "x://b"]);
         assert_eq!(store.describe_queue("a").unwrap().partitions.len(), 3);
         store.delete_queue("a").unwrap();
-        assert_eq!(store.queue("a").unwrap_err().status(), OmsStatus::DESTINATION_NOT_FOUND);
+        assert_eq!(
+            store.queue("a").unwrap_err().status(),
+            OmsStatus::DESTINATION_NOT_FOUND
+        );
         store.delete_namespace("x").unwrap();
         assert_eq!(store.list_namespaces().unwrap(), vec!["default"]);
     }
