@@ -3,6 +3,8 @@
 //! Field names and their JSON spelling follow the 1.0.0-alpha spec (`header` + `extensionHeader`;
 //! `deliveryCount` and `priority` live in the extension header, as the spec puts them).
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,8 +55,9 @@ impl TryFrom<u8> for Qos {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Header {
-    /// The queue the message is sent to, or resides in when received.
-    pub destination: String,
+    /// The queue the message is sent to, or resides in when received. Shared, because every
+    /// message received from one partition names the same queue.
+    pub destination: Arc<str>,
     /// The provider-assigned id; ignored on send, set when send returns and on receive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
@@ -85,9 +88,9 @@ pub struct ExtensionHeader {
     /// When the server stored the message (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_timestamp: Option<i64>,
-    /// The host of the storing server.
+    /// The host of the storing server (shared by the messages of one store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_host: Option<String>,
+    pub store_host: Option<Arc<str>>,
     /// The message group; messages with one key go to one partition, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_key: Option<String>,
@@ -168,7 +171,7 @@ pub struct MessageReceipt {
 pub struct Message {
     /// The spec version the message is written in.
     #[serde(default = "default_version")]
-    pub version: String,
+    pub version: Cow<'static, str>,
     /// The standard header.
     pub header: Header,
     /// The extension header.
@@ -186,8 +189,8 @@ pub struct Message {
     pub receipt: Option<MessageReceipt>,
 }
 
-fn default_version() -> String {
-    MESSAGE_VERSION.to_string()
+fn default_version() -> Cow<'static, str> {
+    Cow::Borrowed(MESSAGE_VERSION)
 }
 
 fn ser_data<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -229,11 +232,11 @@ fn de_data<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
 
 impl Message {
     /// A message for `destination` with `data` as its body.
-    pub fn new(destination: impl Into<String>, data: impl Into<Bytes>) -> Self {
+    pub fn new(destination: impl AsRef<str>, data: impl Into<Bytes>) -> Self {
         Self {
             version: default_version(),
             header: Header {
-                destination: destination.into(),
+                destination: Arc::from(destination.as_ref()),
                 ..Header::default()
             },
             extension_header: ExtensionHeader::default(),

@@ -173,7 +173,7 @@ impl Drop for FlockGuard<'_> {
 #[derive(Debug)]
 pub(crate) struct PartitionLog {
     pub(crate) dir: PathBuf,
-    pub(crate) queue: String,
+    pub(crate) queue: Arc<str>,
     pub(crate) queue_id: u32,
     pub(crate) partition: i32,
     pub(crate) retention: RetentionPolicy,
@@ -194,7 +194,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl PartitionLog {
     pub(crate) fn new(
         dir: PathBuf,
-        queue: String,
+        queue: Arc<str>,
         queue_id: u32,
         partition: i32,
         retention: RetentionPolicy,

@@ -423,7 +423,7 @@ impl PreparedTransaction for EmbeddedTransaction {
         drop(self.lock);
         Ok(SendResult {
             message_id: self.message.message_id().unwrap_or_default().to_string(),
-            queue: self.log.queue.clone(),
+            queue: self.log.queue.to_string(),
             partition: self.log.partition,
             offset,
         })

@@ -12,6 +12,7 @@
 //! All integers are little-endian. The CRC covers the offset and timestamp too, so a record whose
 //! header was written but whose body was torn is detected.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -316,10 +317,10 @@ impl<'a> Cursor<'a> {
 /// Where a decoded message sits, to fill in its server-side headers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Placement<'a> {
-    pub(crate) queue: &'a str,
+    pub(crate) queue: &'a Arc<str>,
     pub(crate) queue_id: u32,
     pub(crate) partition: i32,
-    pub(crate) store_host: &'a str,
+    pub(crate) store_host: &'a Arc<str>,
 }
 
 /// The id of a message stored at `offset` (28 upper-case hex digits: the queue id, the partition
@@ -421,9 +422,9 @@ pub(crate) fn decode_message_into(
         return Ok(false);
     }
     out.push(Message {
-        version: MESSAGE_VERSION.to_string(),
+        version: std::borrow::Cow::Borrowed(MESSAGE_VERSION),
         header: Header {
-            destination: at.queue.to_string(),
+            destination: Arc::clone(at.queue),
             message_id,
             born_timestamp,
             born_host,
@@ -434,7 +435,7 @@ pub(crate) fn decode_message_into(
             partition: Some(at.partition),
             offset: Some(rec.offset),
             store_timestamp: Some(rec.stored),
-            store_host: Some(at.store_host.to_string()),
+            store_host: Some(Arc::clone(at.store_host)),
             message_key,
             correlation_id,
             transaction_id,
@@ -490,10 +491,10 @@ mod tests {
         );
         assert_eq!(encoded_len(&m), chunk.len() - HEADER_LEN);
         let at = Placement {
-            queue: "q",
+            queue: &Arc::from("q"),
             queue_id: 7,
             partition: 3,
-            store_host: "s",
+            store_host: &Arc::from("s"),
         };
         let back = decode_message(&chunk, &rec, at).unwrap();
         let mut expected = m.clone();
@@ -514,10 +515,10 @@ mod tests {
             panic!()
         };
         let at = Placement {
-            queue: "q",
+            queue: &Arc::from("q"),
             queue_id: 1,
             partition: 2,
-            store_host: "s",
+            store_host: &Arc::from("s"),
         };
         assert_eq!(
             decode_message(&chunk, &rec, at).unwrap().message_id(),
@@ -549,10 +550,10 @@ mod tests {
             panic!()
         };
         let at = Placement {
-            queue: "q",
+            queue: &Arc::from("q"),
             queue_id: 1,
             partition: 0,
-            store_host: "s",
+            store_host: &Arc::from("s"),
         };
         let mut out = Vec::new();
         assert_eq!(

@@ -257,7 +257,7 @@ impl Store {
             .map(|p| {
                 Arc::new(PartitionLog::new(
                     dir.join(format!("p-{p}")),
-                    full.clone(),
+                    Arc::from(full.as_str()),
                     queue_id,
                     p,
                     meta.config.retention,
