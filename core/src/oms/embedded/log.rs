@@ -367,7 +367,11 @@ impl PartitionLog {
 
     /// The message at `offset`, if it is still there. Does not touch the cached tail, so it may be
     /// called under the write lock.
-    pub(crate) fn read_one(self: &Arc<Self>, offset: i64) -> Result<Option<Message>> {
+    /// `offset` must be below `end`, the tail as the caller (holding the write lock) knows it.
+    pub(crate) fn read_one(self: &Arc<Self>, offset: i64, end: i64) -> Result<Option<Message>> {
+        if offset >= end {
+            return Ok(None);
+        }
         let bases = list_segments(&self.dir)?;
         let Some(base) = bases.iter().copied().filter(|&b| b <= offset).max() else {
             return Ok(None);
@@ -381,7 +385,8 @@ impl PartitionLog {
             buf: Bytes::new(),
             next_offset: offset,
             min_stored: i64::MIN,
-            batch_end: None,
+            // Known whole: asking the tail again would take the lock the caller holds.
+            known_end: end,
         };
         let mut out = Vec::with_capacity(1);
         reader.read_available(1, &mut out)?;
@@ -480,7 +485,7 @@ impl PartitionLog {
             buf: Bytes::new(),
             next_offset: first,
             min_stored: i64::MIN,
-            batch_end: None,
+            known_end: 0,
         };
         match position {
             SeekPosition::Beginning => {}
@@ -622,8 +627,9 @@ pub(crate) struct LogReader {
     next_offset: i64,
     /// Records stored before this are skipped (a timestamp seek).
     min_stored: i64,
-    /// The offset of the last record of a batch known to be whole.
-    batch_end: Option<i64>,
+    /// Records below this offset are known to be in whole batches (the log's tail when last
+    /// looked at).
+    known_end: i64,
 }
 
 impl LogReader {
@@ -693,11 +699,9 @@ impl LogReader {
         }
         self.file_len = len;
         let available = usize::try_from(len - at).unwrap_or(usize::MAX);
-        let want = READ_CHUNK
-            .max(need)
-            .saturating_sub(have)
-            .max(1)
-            .min(available);
+        // At least a chunk more than what is needed: a batch larger than a chunk is looked over
+        // in a few big reads, not one record at a time (each read copies what is buffered).
+        let want = need.saturating_sub(have).max(READ_CHUNK).min(available);
         let path = || segment_path(&self.log.dir, self.base);
         // `read_to_end` reads into the spare capacity without zeroing it first.
         let mut next = Vec::with_capacity(have + want);
@@ -712,39 +716,6 @@ impl LogReader {
             .map_err(|e| OmsError::io("read", &path(), e))?;
         self.buf = Bytes::from(next);
         Ok(n)
-    }
-
-    /// The offset of the record that ends the batch starting at `buf[0]`, once the whole batch
-    /// is in the file; `None` while it is not (yet).
-    fn find_batch_end(&mut self) -> Result<Option<i64>> {
-        let mut at = 0usize;
-        loop {
-            // Hop over the batch by lengths; the main pass checks every record's CRC, this one
-            // checks the record that ends the batch.
-            match record::parse(&self.buf[at..], self.log.max_record, false) {
-                Parsed::Record(rec) if rec.ends_batch => {
-                    return Ok(
-                        match record::parse(&self.buf[at..], self.log.max_record, true) {
-                            Parsed::Record(rec) => Some(rec.offset),
-                            _ => None,
-                        },
-                    );
-                }
-                Parsed::Record(rec) => at += rec.total_len,
-                Parsed::Incomplete => {
-                    let rest = &self.buf[at..];
-                    let need = if rest.len() >= 8 {
-                        8 + u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default()) as usize
-                    } else {
-                        HEADER_LEN
-                    };
-                    if self.fill(at + need)? == 0 {
-                        return Ok(None);
-                    }
-                }
-                Parsed::Invalid(_) => return Ok(None),
-            }
-        }
     }
 
     fn corrupt(&self, why: &str) -> OmsError {
@@ -786,10 +757,15 @@ impl LogReader {
                     }
                     // From here the record moves the position, which only a whole batch may:
                     // a batch still being written (or torn by a crash) is not served in part.
-                    if !rec.ends_batch && self.batch_end.is_none_or(|end| rec.offset > end) {
-                        match self.find_batch_end()? {
-                            Some(end) => self.batch_end = Some(end),
-                            None => break,
+                    // The log's tail moves one whole batch at a time, so a record below it is in
+                    // a whole batch; past it, look at the files again (a stat, usually).
+                    if rec.offset >= self.known_end {
+                        self.known_end = self.log.tail()?.next_offset;
+                        if rec.offset >= self.known_end {
+                            // Forget the bytes read: a torn batch is cut off and written over,
+                            // so they are read again from the file next time.
+                            self.buf = Bytes::new();
+                            break;
                         }
                     }
                     if rec.stored < self.min_stored {

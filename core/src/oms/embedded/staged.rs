@@ -162,7 +162,7 @@ pub(crate) fn publish(
                 let record = bytes[8..].to_vec();
                 let message = decode_one(log, &publishing, record.clone())?;
                 if recorded < appender.tail().next_offset {
-                    if let Some(found) = log.read_one(recorded)? {
+                    if let Some(found) = log.read_one(recorded, appender.tail().next_offset)? {
                         if found.message_id() == message.message_id() {
                             remove(&publishing)?;
                             remove(staged)?;
