@@ -118,6 +118,15 @@ fn describe_table(d: &QueueDescription) -> String {
     out
 }
 
+/// "1 partition", "4 partitions".
+fn partitions_phrase(n: usize) -> String {
+    if n == 1 {
+        "1 partition".to_string()
+    } else {
+        format!("{n} partitions")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -166,14 +175,5 @@ mod tests {
             retention_text(&RetentionPolicy::default()),
             "keep everything"
         );
-    }
-}
-
-/// "1 partition", "4 partitions".
-fn partitions_phrase(n: usize) -> String {
-    if n == 1 {
-        "1 partition".to_string()
-    } else {
-        format!("{n} partitions")
     }
 }
