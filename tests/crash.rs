@@ -13,7 +13,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use omstream::oms::embedded::EMBEDDED_DIR;
-use omstream::oms::{connect, KeyValue, Message, QueueConfig, SeekPosition, ServiceLifecycle};
+use std::sync::Arc;
+
+use omstream::oms::{
+    connect, KeyValue, Message, QueueConfig, SeekPosition, ServiceLifecycle, TransactionState,
+    TransactionStateCheckListener,
+};
 use rand::Rng;
 
 const QUEUE: &str = "crash";
@@ -44,6 +49,10 @@ fn child_producer() {
         .enable_all()
         .build()
         .unwrap();
+    if parts.get(4) == Some(&"transactions") {
+        rt.block_on(prepare_and_hang(Path::new(root)));
+        return;
+    }
     rt.block_on(async {
         let ap = connect("oms:embedded://localhost/crash", attrs(Path::new(root)))
             .await
@@ -67,17 +76,63 @@ fn child_producer() {
                 .collect();
             producer.send_batch(batch).await.unwrap();
             seq += 50;
-            println!("ACK {}", seq - 1);
+            say_ack(seq - 1);
         }
     });
 }
 
+/// Tells the parent that everything up to `n` is acknowledged. (The first one shares its line
+/// with the test harness's `test child_producer ... `, so the parent looks for `ACK ` anywhere.)
+fn say_ack(n: u64) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ACK {n}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Child: prepares ten transactions, says `ACK 10`, and waits to be killed without deciding.
+async fn prepare_and_hang(root: &Path) {
+    struct Undecided;
+    impl TransactionStateCheckListener for Undecided {
+        fn check(&self, _: &Message) -> TransactionState {
+            TransactionState::Unknown
+        }
+    }
+    let ap = connect("oms:embedded://localhost/crash", attrs(root))
+        .await
+        .unwrap();
+    let producer = ap
+        .create_transactional_producer(KeyValue::new(), Arc::new(Undecided))
+        .await
+        .unwrap();
+    producer.start().await.unwrap();
+    let mut open = Vec::new();
+    for i in 0..10 {
+        open.push(
+            producer
+                .prepare(Message::new(QUEUE, format!("tx{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    say_ack(10);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    drop(open);
+}
+
 fn spawn_child(root: &Path, writer: u32, first: u64, partition: Option<i32>) -> Child {
-    let spec = format!(
-        "{}|{writer}|{first}|{}",
-        root.display(),
-        partition.map_or("-".to_string(), |p| p.to_string())
-    );
+    spawn_child_mode(root, writer, first, partition, "produce")
+}
+
+fn spawn_child_mode(
+    root: &Path,
+    writer: u32,
+    first: u64,
+    partition: Option<i32>,
+    mode: &str,
+) -> Child {
+    let partition = partition.map_or("-".to_string(), |p| p.to_string());
+    let spec = format!("{}|{writer}|{first}|{partition}|{mode}", root.display());
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -99,7 +154,7 @@ fn acks(child: &mut Child) -> mpsc::Receiver<u64> {
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(n) = line.strip_prefix("ACK ").and_then(|n| n.parse().ok()) {
+            if let Some(n) = line.split("ACK ").nth(1).and_then(|n| n.parse().ok()) {
                 if tx.send(n).is_err() {
                     return;
                 }
@@ -275,4 +330,87 @@ async fn concurrent_processes_never_interleave_a_partition() {
         }
     }
     assert!(per_writer.len() == 3, "all three writers wrote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_of_a_killed_producer_are_resolved_exactly_once() {
+    /// Commits the even transactions, rolls back the odd ones.
+    struct EvenCommits;
+    impl TransactionStateCheckListener for EvenCommits {
+        fn check(&self, message: &Message) -> TransactionState {
+            let n: u32 = std::str::from_utf8(&message.data).unwrap()[2..]
+                .parse()
+                .unwrap();
+            if n % 2 == 0 {
+                TransactionState::Commit
+            } else {
+                TransactionState::Rollback
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ap = connect("oms:embedded://localhost/crash", attrs(root))
+        .await
+        .unwrap();
+    ap.resource_manager()
+        .await
+        .unwrap()
+        .create_queue(QUEUE, QueueConfig::with_partitions(2))
+        .await
+        .unwrap();
+    let mut child = spawn_child_mode(root, 0, 0, None, "transactions");
+    let rx = acks(&mut child);
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the child prepared nothing");
+    // While the child lives, its transactions are its own: a resolver leaves them alone.
+    let resolver = ap
+        .create_transactional_producer(KeyValue::new(), Arc::new(EvenCommits))
+        .await
+        .unwrap();
+    resolver.start().await.unwrap();
+    assert!(
+        read_bodies(&ap).await.is_empty(),
+        "a live producer's prepared messages were published"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Reopened after the crash: the open transactions are resolved by the listener.
+    let after_crash = ap
+        .create_transactional_producer(KeyValue::new(), Arc::new(EvenCommits))
+        .await
+        .unwrap();
+    after_crash.start().await.unwrap();
+    let again = ap
+        .create_transactional_producer(KeyValue::new(), Arc::new(EvenCommits))
+        .await
+        .unwrap();
+    again.start().await.unwrap();
+    let mut bodies = read_bodies(&ap).await;
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        ["tx0", "tx2", "tx4", "tx6", "tx8"],
+        "committed once each, rolled back never"
+    );
+}
+
+async fn read_bodies(ap: &Arc<dyn omstream::oms::MessagingAccessPoint>) -> Vec<String> {
+    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+    consumer.start().await.unwrap();
+    let mut out = Vec::new();
+    for p in 0..2 {
+        let mut reader = consumer
+            .open(QUEUE, p, SeekPosition::Beginning)
+            .await
+            .unwrap();
+        for m in reader
+            .poll_batch(100, Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
+            out.push(String::from_utf8(m.data.to_vec()).unwrap());
+        }
+    }
+    out
 }
