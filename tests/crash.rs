@@ -341,7 +341,7 @@ async fn transactions_of_a_killed_producer_are_resolved_exactly_once() {
             let n: u32 = std::str::from_utf8(&message.data).unwrap()[2..]
                 .parse()
                 .unwrap();
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 TransactionState::Commit
             } else {
                 TransactionState::Rollback

@@ -41,6 +41,18 @@ impl EmbeddedProducer {
             checker: Mutex::new(None),
         }
     }
+
+    /// Stops the background check of open transactions, if it runs.
+    fn stop_checker(&self) {
+        let task = self
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
 }
 
 /// The partition of a message: the one it names, else its key's hash, else `sticky` (one
@@ -376,28 +388,14 @@ impl ProducerBackend for EmbeddedProducer {
     }
 
     async fn stop(&self) -> Result<()> {
-        if let Some(task) = self
-            .checker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+        self.stop_checker();
         Ok(())
     }
 }
 
 impl Drop for EmbeddedProducer {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .checker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+        self.stop_checker();
     }
 }
 
