@@ -197,14 +197,21 @@ impl PushConsumer {
                 return;
             }
             if *suspended.borrow() {
+                // A closed channel means the consumer is gone: end rather than spin.
                 tokio::select! {
-                    _ = suspended.changed() => continue,
-                    _ = stop.changed() => continue,
+                    r = suspended.changed() => if r.is_err() { return },
+                    r = stop.changed() => if r.is_err() { return },
                 }
+                continue;
             }
             let batch = tokio::select! {
                 b = pull.batch_receive(batch_size, Duration::from_millis(100)) => b,
-                _ = stop.changed() => continue,
+                r = stop.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let batch = match batch {
                 Ok(b) => b,
@@ -250,6 +257,17 @@ impl PushConsumer {
                     tracing::warn!(%err, ?receipt, "push consumer: ack failed; the message will be redelivered");
                 }
             }
+        }
+    }
+}
+
+impl Drop for PushConsumer {
+    fn drop(&mut self) {
+        // Dropped without `stop`: end the delivery task; an unacknowledged message in the
+        // listener is redelivered, as after a crash.
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
         }
     }
 }

@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
@@ -67,8 +67,13 @@ pub(crate) struct Tail {
 
 enum ScanEnd {
     Eof,
+    /// The segment file does not exist.
+    Missing,
     Roll(i64),
-    Invalid { pos: u64, why: &'static str },
+    Invalid {
+        pos: u64,
+        why: &'static str,
+    },
 }
 
 /// Reads the records of segment `path` from `tail.len` on, advancing `tail` past every valid one.
@@ -77,7 +82,7 @@ fn scan_segment(path: &Path, tail: &mut Tail, max_record: usize) -> Result<ScanE
     // opening the file or zeroing a read buffer.
     let size = match fs::metadata(path) {
         Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ScanEnd::Eof),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ScanEnd::Missing),
         Err(e) => return Err(OmsError::io("stat", path, e)),
     };
     if size <= tail.len {
@@ -159,13 +164,15 @@ struct TailState {
     append: Option<(i64, File)>,
 }
 
-/// Releases the cross-process lock on drop.
-struct FlockGuard<'a>(&'a File);
+/// Holds the cross-process write lock (and this process's writer mutex) until dropped.
+struct FlockGuard<'a>(MutexGuard<'a, Option<File>>);
 
 impl Drop for FlockGuard<'_> {
     fn drop(&mut self) {
-        // Unlocking can only fail on a bad descriptor; closing the process releases it anyway.
-        let _ = self.0.unlock();
+        if let Some(file) = self.0.as_ref() {
+            // Unlocking can only fail on a bad descriptor; closing the file releases it anyway.
+            let _ = file.unlock();
+        }
     }
 }
 
@@ -180,7 +187,10 @@ pub(crate) struct PartitionLog {
     pub(crate) store_host: Arc<str>,
     pub(crate) max_record: usize,
     state: Mutex<TailState>,
-    lock_file: OnceLock<File>,
+    /// The open `write.lock`. Writers of this process take this mutex, then the file lock, then
+    /// the state mutex; readers take only the state mutex, so a writer waiting for another
+    /// process never blocks them.
+    lock_file: Mutex<Option<File>>,
     /// Wakes this process's readers when this process appends.
     pub(crate) appended: Notify,
 }
@@ -210,7 +220,7 @@ impl PartitionLog {
             store_host,
             max_record,
             state: Mutex::new(TailState::default()),
-            lock_file: OnceLock::new(),
+            lock_file: Mutex::new(None),
             appended: Notify::new(),
         }
     }
@@ -237,30 +247,45 @@ impl PartitionLog {
         OmsError::destination_not_found(&self.queue)
     }
 
-    /// Takes the cross-process write lock. The caller holds the state mutex, so one thread per
-    /// process waits on the file lock at a time.
+    /// Takes the cross-process write lock. A `write.lock` that is no longer the one in the
+    /// directory means the queue was deleted (and maybe created again) under this handle.
     fn flock(&self) -> Result<FlockGuard<'_>> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.dir.join("write.lock");
-        let file = match self.lock_file.get() {
-            Some(f) => f,
-            None => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::NotFound {
-                            self.missing()
-                        } else {
-                            OmsError::io("open", &path, e)
-                        }
-                    })?;
-                self.lock_file.get_or_init(|| f)
-            }
+        let mut guard = self.lock_file.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        self.missing()
+                    } else {
+                        OmsError::io("open", &path, e)
+                    }
+                })?;
+            *guard = Some(f);
+        }
+        let Some(file) = guard.as_ref() else {
+            unreachable!("opened just above")
         };
         file.lock().map_err(|e| OmsError::io("lock", &path, e))?;
-        Ok(FlockGuard(file))
+        let held = file
+            .metadata()
+            .map_err(|e| OmsError::io("stat", &path, e))?;
+        let same =
+            fs::metadata(&path).is_ok_and(|now| now.ino() == held.ino() && now.dev() == held.dev());
+        if !same {
+            let _ = file.unlock();
+            *guard = None;
+            *self.state() = TailState::default();
+            return Err(OmsError::destination_not_found(&self.queue).with_source(
+                std::io::Error::other("the queue was deleted since this handle opened it"),
+            ));
+        }
+        Ok(FlockGuard(guard))
     }
 
     /// Brings the cached tail up to date with the files. With `repair` (only under the write
@@ -281,11 +306,32 @@ impl PartitionLog {
         loop {
             let path = segment_path(&self.dir, tail.base);
             match scan_segment(&path, &mut tail, self.max_record)? {
-                ScanEnd::Eof => {
-                    if repair && tail.len == 0 && !path.exists() {
-                        File::create(&path).map_err(|e| OmsError::io("create", &path, e))?;
+                ScanEnd::Eof => break,
+                ScanEnd::Missing => {
+                    let bases = list_segments(&self.dir)?;
+                    match bases.last().copied() {
+                        // Retention (in any process) dropped the segment this tail was in, or
+                        // the queue was recreated: start over from the newest segment.
+                        Some(last) if last != tail.base => {
+                            tail = Tail {
+                                base: last,
+                                len: 0,
+                                next_offset: last,
+                                last_stored: tail.last_stored,
+                            };
+                            st.append = None;
+                        }
+                        Some(_) => break,
+                        None if !self.dir.exists() => return Err(self.missing()),
+                        None => {
+                            // The next segment of a roll that a crash interrupted.
+                            if repair {
+                                File::create(&path)
+                                    .map_err(|e| OmsError::io("create", &path, e))?;
+                            }
+                            break;
+                        }
                     }
-                    break;
                 }
                 ScanEnd::Roll(next) => {
                     tail = Tail {
@@ -332,11 +378,8 @@ impl PartitionLog {
         opts: WriteOptions,
         f: impl FnOnce(&mut Appender<'_>) -> Result<R>,
     ) -> Result<R> {
-        let mut st = self.state();
         let flock = self.flock()?;
-        if !self.dir.exists() {
-            return Err(self.missing());
-        }
+        let mut st = self.state();
         let tail = self.advance_tail(&mut st, true)?;
         let mut appender = Appender {
             log: self,
@@ -406,10 +449,11 @@ impl PartitionLog {
             .is_none_or(|(base, _)| *base != tail.base)
         {
             let path = segment_path(&self.dir, tail.base);
-            let f = OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(|e| OmsError::io("open", &path, e))?;
+            let f = OpenOptions::new().append(true).open(&path).map_err(|e| {
+                // Re-read the files next time rather than trust this tail again.
+                st.tail = None;
+                OmsError::io("open", &path, e)
+            })?;
             st.append = Some((tail.base, f));
         }
         let Some((_, file)) = st.append.as_mut() else {
@@ -734,6 +778,17 @@ impl LogReader {
     /// Appends up to `max` available messages to `out`, without waiting. Returns how many.
     pub(crate) fn read_available(&mut self, max: usize, out: &mut Vec<Message>) -> Result<usize> {
         let start_len = out.len();
+        match self.read_into(max, out) {
+            Ok(()) => Ok(out.len() - start_len),
+            // The messages read before the failure are returned; the reader stays at the record
+            // that failed, so the error comes back on the next call.
+            Err(_) if out.len() > start_len => Ok(out.len() - start_len),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_into(&mut self, max: usize, out: &mut Vec<Message>) -> Result<()> {
+        let start_len = out.len();
         let now = now_millis();
         let mut need = 0usize;
         while out.len() - start_len < max {
@@ -761,12 +816,13 @@ impl LogReader {
                     // a whole batch; past it, look at the files again (a stat, usually).
                     if rec.offset >= self.known_end {
                         self.known_end = self.log.tail()?.next_offset;
+                        // Forget the bytes read before the tail covered them: they may be a torn
+                        // batch that a writer has since cut off and written over. Read again.
+                        self.buf = Bytes::new();
                         if rec.offset >= self.known_end {
-                            // Forget the bytes read: a torn batch is cut off and written over,
-                            // so they are read again from the file next time.
-                            self.buf = Bytes::new();
                             break;
                         }
+                        continue;
                     }
                     if rec.stored < self.min_stored {
                         self.buf.advance(rec.total_len);
@@ -784,20 +840,19 @@ impl LogReader {
                     }
                     // Decoded where it lies (the body shares `buf`), then stepped over. Expired
                     // messages are not appended.
-                    let decoded = record::decode_message_into(
+                    if let Err(why) = record::decode_message_into(
                         &self.buf,
                         &rec,
                         self.log.placement(),
                         Some(now),
                         out,
-                    );
+                    ) {
+                        return Err(self.corrupt(why));
+                    }
                     self.buf.advance(rec.total_len);
                     self.file_pos += rec.total_len as u64;
                     self.min_stored = i64::MIN;
                     self.next_offset = rec.offset + 1;
-                    if let Err(why) = decoded {
-                        return Err(self.corrupt(why));
-                    }
                 }
                 Parsed::Incomplete => {
                     if self.buf.len() >= 8 {
@@ -822,7 +877,7 @@ impl LogReader {
                 }
             }
         }
-        Ok(out.len() - start_len)
+        Ok(())
     }
 }
 

@@ -271,21 +271,29 @@ pub(crate) fn recover_transactions(
                 let Some(lock) = staged::lock_prepared(&path)? else {
                     continue;
                 };
-                let Some(message) = staged::read_staged(log, &path)? else {
-                    continue;
+                let message = match staged::read_staged(log, &path) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        staged::quarantine(&path, &err);
+                        continue;
+                    }
                 };
-                match listener.check(&message) {
+                let outcome = match listener.check(&message) {
                     TransactionState::Commit => {
-                        finish_commit(shared, log, &path, &message)?;
-                        resolved += 1;
+                        finish_commit(shared, log, &path, &message).map(|_| 1)
                     }
-                    TransactionState::Rollback => {
-                        staged::discard(&path)?;
-                        resolved += 1;
-                    }
-                    TransactionState::Unknown => {}
-                }
+                    TransactionState::Rollback => staged::discard(&path).map(|()| 1),
+                    TransactionState::Unknown => Ok(0),
+                };
                 drop(lock);
+                match outcome {
+                    Ok(n) => resolved += n,
+                    // One transaction that cannot be resolved now must not hold back the others.
+                    Err(err) => {
+                        tracing::warn!(%err, file = %path.display(), "cannot resolve an open transaction; will retry")
+                    }
+                }
             }
         }
     }

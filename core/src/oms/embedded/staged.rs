@@ -160,7 +160,13 @@ pub(crate) fn publish(
                 // A publish was interrupted: did its append happen?
                 let recorded = i64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default());
                 let record = bytes[8..].to_vec();
-                let message = decode_one(log, &publishing, record.clone())?;
+                let message = match decode_one(log, &publishing, record.clone()) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        quarantine(&publishing, &err);
+                        return Ok(None);
+                    }
+                };
                 if recorded < appender.tail().next_offset {
                     if let Some(found) = log.read_one(recorded, appender.tail().next_offset)? {
                         if found.message_id() == message.message_id() {
@@ -173,6 +179,8 @@ pub(crate) fn publish(
                 record
             }
             Ok(_) => {
+                // Shorter than its offset header: written by a crash before the record was in.
+                // The staged file it came from was not removed yet, so nothing is lost.
                 remove(&publishing)?;
                 return Ok(None);
             }
@@ -182,6 +190,11 @@ pub(crate) fn publish(
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(OmsError::io("read", staged, e)),
                 };
+                // Never append bytes that are not one whole, valid record.
+                if let Err(err) = decode_one(log, staged, record.clone()) {
+                    quarantine(staged, &err);
+                    return Ok(None);
+                }
                 let mut body = appender.tail().next_offset.to_le_bytes().to_vec();
                 body.extend_from_slice(&record);
                 write_file_atomically(&publishing, &body, opts.fsync)?;
@@ -195,6 +208,8 @@ pub(crate) fn publish(
             starts: vec![0],
         };
         let (offset, _) = appender.append(&mut batch)?;
+        // The staged file too: after an interrupted publish it may still be there.
+        remove(staged)?;
         remove(&publishing)?;
         Ok(Some(offset))
     })
@@ -205,6 +220,21 @@ fn remove(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(OmsError::io("delete", path, e)),
+    }
+}
+
+/// Moves a staged file that cannot be decoded aside (`.corrupt`), so that it neither blocks the
+/// partition nor is appended; it is kept for inspection.
+pub(crate) fn quarantine(path: &Path, err: &OmsError) {
+    let target = path.with_extension(format!(
+        "{}.corrupt",
+        path.extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("staged")
+    ));
+    tracing::error!(%err, file = %path.display(), moved_to = %target.display(), "a staged message is corrupt; it is set aside and not published");
+    if let Err(e) = fs::rename(path, &target) {
+        tracing::error!(error = %e, file = %path.display(), "cannot set the corrupt staged message aside");
     }
 }
 
@@ -250,8 +280,13 @@ pub(crate) fn release_due(log: &Arc<PartitionLog>, opts: WriteOptions) -> Result
     due.dedup();
     let mut published = 0;
     for path in due {
-        if publish(log, &path, opts)?.is_some() {
-            published += 1;
+        match publish(log, &path, opts) {
+            Ok(Some(_)) => published += 1,
+            Ok(None) => {}
+            // One file that cannot be published must not hold back the others.
+            Err(err) => {
+                tracing::warn!(%err, file = %path.display(), "cannot publish a delayed message; will retry")
+            }
         }
     }
     Ok(published)

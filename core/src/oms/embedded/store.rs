@@ -126,7 +126,10 @@ fn open_stores() -> &'static Mutex<HashMap<PathBuf, Weak<Store>>> {
 }
 
 pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8], fsync: bool) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per call: two threads of one process may write the same file at once.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     let res = (|| {
         let mut f = fs::File::create(&tmp)?;
         std::io::Write::write_all(&mut f, bytes)?;
@@ -237,6 +240,15 @@ impl Store {
             return Ok(q.clone());
         }
         let qn = QueueName::parse(name)?;
+        let full = qn.full();
+        // `q` and `default://q` are one queue: one handle, whatever the spelling.
+        if full != name {
+            let mut cache = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(q) = cache.get(&full).cloned() {
+                cache.insert(name.to_string(), q.clone());
+                return Ok(q);
+            }
+        }
         let dir = self.queue_dir(&qn);
         let meta_path = dir.join("queue.json");
         let meta: QueueMeta = match fs::read(&meta_path) {
@@ -251,7 +263,6 @@ impl Store {
             }
             Err(e) => return Err(OmsError::io("read", &meta_path, e)),
         };
-        let full = qn.full();
         let queue_id = crc32fast::hash(full.as_bytes());
         let partitions = (0..meta.config.partitions as i32)
             .map(|p| {
@@ -272,15 +283,18 @@ impl Store {
             partitions,
         });
         let mut cache = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(cache.entry(name.to_string()).or_insert(handle).clone())
+        let handle = cache.entry(handle.name.clone()).or_insert(handle).clone();
+        cache.insert(name.to_string(), handle.clone());
+        Ok(handle)
     }
 
-    /// Forgets a cached queue (after it was found deleted).
+    /// Forgets a cached queue (after it was found deleted), under every spelling.
     pub(crate) fn forget(&self, name: &str) {
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        let full = QueueName::parse(name)
+            .map(|q| q.full())
+            .unwrap_or_else(|_| name.to_string());
+        let mut cache = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, q| q.name != full);
     }
 
     pub(crate) fn create_namespace(&self, ns: &str) -> Result<()> {
