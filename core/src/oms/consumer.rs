@@ -4,7 +4,7 @@
 //! Drivers implement [`PullConsumer`]; [`PushConsumer`] is built on it once for every driver.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +101,7 @@ pub struct PushConsumer {
     listener: Mutex<Option<Arc<Listener>>>,
     task: Mutex<Option<JoinHandle<()>>>,
     suspended: watch::Sender<bool>,
+    suspensions: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     state: LifecycleCell,
     batch_size: usize,
@@ -123,6 +124,7 @@ impl PushConsumer {
             listener: Mutex::new(None),
             task: Mutex::new(None),
             suspended: watch::channel(false).0,
+            suspensions: Arc::new(AtomicU64::new(0)),
             stop: watch::channel(false).0,
             state: LifecycleCell::new(ServiceLifeState::Initialized),
             batch_size: batch_size.max(1),
@@ -165,18 +167,25 @@ impl PushConsumer {
 
     /// Pauses delivery, for `timeout` or (with `None`) until [`resume`](Self::resume).
     pub fn suspend(&self, timeout: Option<Duration>) {
+        // Each suspension has a generation: a timer resumes only the suspension it belongs to,
+        // never a later one.
+        let generation = self.suspensions.fetch_add(1, Ordering::AcqRel) + 1;
         self.suspended.send_replace(true);
         if let Some(timeout) = timeout {
             let tx = self.suspended.clone();
+            let suspensions = Arc::clone(&self.suspensions);
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
-                tx.send_replace(false);
+                if suspensions.load(Ordering::Acquire) == generation {
+                    tx.send_replace(false);
+                }
             });
         }
     }
 
     /// Resumes delivery.
     pub fn resume(&self) {
+        self.suspensions.fetch_add(1, Ordering::AcqRel);
         self.suspended.send_replace(false);
     }
 

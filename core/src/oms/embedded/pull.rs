@@ -245,13 +245,15 @@ impl ServiceLifecycle for EmbeddedPullConsumer {
 #[async_trait]
 impl PullConsumer for EmbeddedPullConsumer {
     async fn bind_queues(&self, queues: &[String]) -> Result<()> {
+        // Bound as canonical names (`q`, not `default://q`), as claims and receipts name them.
+        let mut names = Vec::with_capacity(queues.len());
         for q in queues {
-            self.shared.store.queue(q)?;
+            names.push(self.shared.store.queue(q)?.name.clone());
         }
         let mut st = self.lock();
-        for q in queues {
-            if !st.bound.contains(q) {
-                st.bound.push(q.clone());
+        for name in names {
+            if !st.bound.contains(&name) {
+                st.bound.push(name);
             }
         }
         st.next_claim = None;
@@ -259,8 +261,12 @@ impl PullConsumer for EmbeddedPullConsumer {
     }
 
     async fn unbind_queues(&self, queues: &[String]) -> Result<()> {
+        let mut names = Vec::with_capacity(queues.len());
+        for q in queues {
+            names.push(self.shared.store.queue(q)?.name.clone());
+        }
         let mut st = self.lock();
-        st.bound.retain(|q| !queues.contains(q));
+        st.bound.retain(|q| !names.contains(q));
         let bound = st.bound.clone();
         self.release(&mut st, |c| bound.contains(&c.queue))
     }

@@ -25,8 +25,9 @@ use crate::oms::{
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 const MARKER: &str = "omstream-store.json";
 const FORMAT: u32 = 1;
-/// Records longer than this are corruption, whatever the writer's settings (1 GiB body + headers).
-pub(crate) const MAX_RECORD: usize = (1 << 30) + (1 << 20);
+/// Records longer than this are corruption, whatever the writer's settings: a 1 GiB body plus
+/// up to 1 MiB of headers and properties, plus the record's own fields.
+pub(crate) const MAX_RECORD: usize = (1 << 30) + (2 << 20);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
