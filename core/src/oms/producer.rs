@@ -348,3 +348,104 @@ pub fn body_too_large(queue: &str, size: usize, max: usize) -> OmsError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records what reaches the driver.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<Message>>);
+
+    #[async_trait]
+    impl ProducerBackend for Recording {
+        fn driver_name(&self) -> &str {
+            "recording"
+        }
+        async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>> {
+            let results = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| SendResult {
+                    message_id: format!("id{i}"),
+                    queue: m.destination().to_string(),
+                    partition: 0,
+                    offset: i as i64,
+                })
+                .collect();
+            self.0.lock().unwrap().extend(messages);
+            Ok(results)
+        }
+        async fn prepare(&self, _: Message) -> Result<Box<dyn PreparedTransaction>> {
+            Err(OmsError::unsupported("recording", "transactions"))
+        }
+    }
+
+    #[tokio::test]
+    async fn send_stamps_born_headers_and_clears_server_ones() {
+        let backend = Arc::new(Recording::default());
+        let producer = Producer::new(backend.clone());
+        producer.start().await.unwrap();
+        let mut m = Message::new("q", "x");
+        m.header.message_id = Some("mine".into());
+        m.extension_header.offset = Some(9);
+        m.extension_header.delivery_count = 3;
+        m.extension_header.priority = Some(11);
+        producer.send(m).await.unwrap();
+        let got = backend.0.lock().unwrap().pop().unwrap();
+        assert!(got.header.born_timestamp.is_some() && got.header.born_host.is_some());
+        assert_eq!(got.header.message_id, None, "ids are the provider's");
+        assert_eq!(got.extension_header.offset, None);
+        assert_eq!(got.extension_header.delivery_count, 0);
+        assert_eq!(
+            got.extension_header.priority, None,
+            "out-of-range priority is ignored"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_without_destination_is_refused_before_the_driver() {
+        let backend = Arc::new(Recording::default());
+        let producer = Producer::new(backend.clone());
+        producer.start().await.unwrap();
+        let err = producer.send(Message::new("", "x")).await.unwrap_err();
+        assert_eq!(err.status(), OmsStatus::BAD_PARAMETER);
+        assert!(backend.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn interceptors_see_failures() {
+        struct CountErrors(std::sync::atomic::AtomicU32);
+        impl ProducerInterceptor for CountErrors {
+            fn pre_send(&self, _: &mut Message, _: &mut InterceptorContext) {}
+            fn post_send_error(&self, _: &Message, error: &OmsError, _: &InterceptorContext) {
+                assert_eq!(error.status(), OmsStatus::BAD_REQUEST);
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        struct Failing;
+        #[async_trait]
+        impl ProducerBackend for Failing {
+            fn driver_name(&self) -> &str {
+                "failing"
+            }
+            async fn send_batch(&self, _: Vec<Message>) -> Result<Vec<SendResult>> {
+                Err(OmsError::unsupported("failing", "sending"))
+            }
+            async fn prepare(&self, _: Message) -> Result<Box<dyn PreparedTransaction>> {
+                Err(OmsError::unsupported("failing", "transactions"))
+            }
+        }
+        let producer = Producer::new(Arc::new(Failing));
+        producer.start().await.unwrap();
+        let counter = Arc::new(CountErrors(std::sync::atomic::AtomicU32::new(0)));
+        producer.add_interceptor(counter.clone());
+        assert!(producer
+            .send_batch(vec![Message::new("q", "a"), Message::new("q", "b")])
+            .await
+            .is_err());
+        assert_eq!(counter.0.load(Ordering::Relaxed), 2);
+    }
+}

@@ -143,3 +143,47 @@ pub trait ResourceManager: Send + Sync + fmt::Debug {
     /// Describes a queue.
     async fn describe_queue(&self, queue: &str) -> Result<QueueDescription>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_what_to_change() {
+        assert!(QueueConfig::with_partitions(4).validate().is_ok());
+        let err = QueueConfig::with_partitions(0).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("1 to 4096 partitions, not 0"),
+            "{err}"
+        );
+        let mut c = QueueConfig::default();
+        c.retention.max_bytes = Some(0);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_bytes must be above 0"));
+        c.retention = RetentionPolicy {
+            max_age: Some(Duration::ZERO),
+            max_bytes: None,
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_age must be above 0"));
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let c = QueueConfig {
+            partitions: 3,
+            retention: RetentionPolicy {
+                max_age: Some(Duration::from_secs(60)),
+                max_bytes: Some(1 << 20),
+            },
+        };
+        let back: QueueConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}

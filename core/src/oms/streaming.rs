@@ -96,3 +96,56 @@ pub trait StreamingConsumer: ServiceLifecycle + fmt::Debug {
     /// The group's committed offset, if it has one.
     async fn committed(&self, queue: &str, partition: i32) -> Result<Option<i64>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Hands out fixed batches, then an error.
+    #[derive(Debug)]
+    struct Scripted(Vec<Result<Vec<Message>>>);
+
+    #[async_trait]
+    impl PartitionReader for Scripted {
+        fn queue(&self) -> &str {
+            "q"
+        }
+        fn partition(&self) -> i32 {
+            0
+        }
+        fn position(&self) -> i64 {
+            0
+        }
+        async fn next_batch(&mut self, _: usize) -> Result<Vec<Message>> {
+            if self.0.is_empty() {
+                futures::future::pending::<()>().await;
+            }
+            self.0.remove(0)
+        }
+        async fn poll_batch(&mut self, max: usize, _: Duration) -> Result<Vec<Message>> {
+            self.next_batch(max).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stream_flattens_batches_in_order_and_passes_errors() {
+        let reader = Scripted(vec![
+            Ok(vec![Message::new("q", "a"), Message::new("q", "b")]),
+            Ok(vec![Message::new("q", "c")]),
+            Err(super::super::OmsError::storage("disk gone")),
+        ]);
+        let items: Vec<_> = message_stream(Box::new(reader)).take(4).collect().await;
+        let bodies: Vec<_> = items[..3]
+            .iter()
+            .map(|m| m.as_ref().unwrap().data.clone())
+            .collect();
+        assert_eq!(bodies, ["a", "b", "c"]);
+        assert!(items[3]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("disk gone"));
+    }
+}
