@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use omstream::oms::embedded::{EMBEDDED_DIR, EMBEDDED_SEGMENT_BYTES};
 use omstream::oms::{
-    connect, keyvalue, KeyValue, Message, MessagingAccessPoint, PartitionReader, QueueConfig,
-    RetentionPolicy, SeekPosition, ServiceLifecycle,
+    connect, keyvalue, KeyValue, Message, MessagingAccessPoint, PartitionReader, Producer,
+    QueueConfig, RetentionPolicy, SeekPosition, ServiceLifecycle,
 };
 
 async fn open(dir: &Path, extra: KeyValue) -> Arc<dyn MessagingAccessPoint> {
@@ -51,16 +51,10 @@ fn assert_dense(all: &[(i64, String)]) {
     }
 }
 
-/// A handle whose cached tail points at a segment that retention (by another handle) deleted
-/// used to write into the deleted file: acknowledged, reused offset, lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_tail_after_retention_never_loses_a_send() {
-    let dir = tempfile::tempdir().unwrap();
-    let ap = open(
-        dir.path(),
-        KeyValue::new().with(EMBEDDED_SEGMENT_BYTES, 4096),
-    )
-    .await;
+/// Queue `q`: 4 KiB segments, at most 8 KiB kept, so that a few sends make retention drop
+/// segments. Returns the access point and a started producer.
+async fn small_retained_queue(dir: &Path) -> (Arc<dyn MessagingAccessPoint>, Producer) {
+    let ap = open(dir, KeyValue::new().with(EMBEDDED_SEGMENT_BYTES, 4096)).await;
     let mut config = QueueConfig::with_partitions(1);
     config.retention = RetentionPolicy {
         max_age: None,
@@ -74,6 +68,15 @@ async fn a_stale_tail_after_retention_never_loses_a_send() {
         .unwrap();
     let p = ap.create_producer(KeyValue::new()).await.unwrap();
     p.start().await.unwrap();
+    (ap, p)
+}
+
+/// A handle whose cached tail points at a segment that retention (by another handle) deleted
+/// used to write into the deleted file: acknowledged, reused offset, lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_tail_after_retention_never_loses_a_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ap, p) = small_retained_queue(dir.path()).await;
     // `default://q` is a second spelling of `q`; before the fix it was a second handle.
     p.send(Message::new("default://q", "first")).await.unwrap();
     let body = "x".repeat(1000);
@@ -361,24 +364,7 @@ async fn messages_before_a_corrupt_record_are_delivered_then_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_tail_after_another_processes_retention_never_loses_a_send() {
     let dir = tempfile::tempdir().unwrap();
-    let ap = open(
-        dir.path(),
-        KeyValue::new().with(EMBEDDED_SEGMENT_BYTES, 4096),
-    )
-    .await;
-    let mut config = QueueConfig::with_partitions(1);
-    config.retention = RetentionPolicy {
-        max_age: None,
-        max_bytes: Some(8192),
-    };
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue("q", config)
-        .await
-        .unwrap();
-    let p = ap.create_producer(KeyValue::new()).await.unwrap();
-    p.start().await.unwrap();
+    let (ap, p) = small_retained_queue(dir.path()).await;
     p.send(Message::new("q", "first")).await.unwrap();
     let lines: String = (0..40)
         .map(|i| format!("{i:04}{}\n", "x".repeat(1000)))
