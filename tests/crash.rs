@@ -16,8 +16,8 @@ use omstream::oms::embedded::EMBEDDED_DIR;
 use std::sync::Arc;
 
 use omstream::oms::{
-    connect, KeyValue, Message, QueueConfig, SeekPosition, ServiceLifecycle, TransactionState,
-    TransactionStateCheckListener,
+    connect, KeyValue, Message, MessagingAccessPoint, QueueConfig, SeekPosition, ServiceLifecycle,
+    TransactionState, TransactionStateCheckListener,
 };
 use rand::Rng;
 
@@ -164,6 +164,18 @@ fn acks(child: &mut Child) -> mpsc::Receiver<u64> {
     rx
 }
 
+/// The store in `root`, with the queue the tests use, of `partitions` partitions.
+async fn store_with_queue(root: &Path, partitions: u32) -> Arc<dyn MessagingAccessPoint> {
+    let ap = connect("oms:embedded://localhost/crash", attrs(root))
+        .await
+        .unwrap();
+    let rm = ap.resource_manager().await.unwrap();
+    rm.create_queue(QUEUE, QueueConfig::with_partitions(partitions))
+        .await
+        .unwrap();
+    ap
+}
+
 /// Every message in the queue, per partition, parsed as (writer, seq).
 async fn read_back(root: &Path, partitions: u32) -> BTreeMap<i32, Vec<(u32, u64)>> {
     let ap = connect("oms:embedded://localhost/crash", attrs(root))
@@ -215,15 +227,7 @@ async fn read_back(root: &Path, partitions: u32) -> BTreeMap<i32, Vec<(u32, u64)
 async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let ap = connect("oms:embedded://localhost/crash", attrs(root))
-        .await
-        .unwrap();
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue(QUEUE, QueueConfig::with_partitions(3))
-        .await
-        .unwrap();
+    store_with_queue(root, 3).await;
     let mut rng = rand::rng();
     let mut acked: Vec<(u64, u64)> = Vec::new();
     for round in 0..8u64 {
@@ -265,15 +269,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_in_order() {
 async fn concurrent_processes_never_interleave_a_partition() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let ap = connect("oms:embedded://localhost/crash", attrs(root))
-        .await
-        .unwrap();
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue(QUEUE, QueueConfig::with_partitions(1))
-        .await
-        .unwrap();
+    let ap = store_with_queue(root, 1).await;
     // A live reader in this process sees the children's writes without a restart.
     let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
     consumer.start().await.unwrap();
@@ -350,15 +346,7 @@ async fn transactions_of_a_killed_producer_are_resolved_exactly_once() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let ap = connect("oms:embedded://localhost/crash", attrs(root))
-        .await
-        .unwrap();
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue(QUEUE, QueueConfig::with_partitions(2))
-        .await
-        .unwrap();
+    let ap = store_with_queue(root, 2).await;
     let mut child = spawn_child_mode(root, 0, 0, None, "transactions");
     let rx = acks(&mut child);
     rx.recv_timeout(Duration::from_secs(30))
@@ -395,7 +383,7 @@ async fn transactions_of_a_killed_producer_are_resolved_exactly_once() {
     );
 }
 
-async fn read_bodies(ap: &Arc<dyn omstream::oms::MessagingAccessPoint>) -> Vec<String> {
+async fn read_bodies(ap: &Arc<dyn MessagingAccessPoint>) -> Vec<String> {
     let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
     consumer.start().await.unwrap();
     let mut out = Vec::new();

@@ -146,46 +146,12 @@ impl Conformance {
         Ok(all)
     }
 
-    /// Runs every check; returns each one's name and outcome. Panics on the first failure.
-    pub async fn run_all(&self) -> Vec<(&'static str, Outcome)> {
-        let mut report = Vec::new();
-        macro_rules! run {
-            ($($name:ident),+) => {$(
-                report.push((stringify!($name), self.$name().await));
-            )+};
-        }
-        run!(
-            send_and_receive,
-            batch_and_oneway,
-            keyed_partitions_keep_order,
-            explicit_partition,
-            seek_by_offset,
-            seek_by_timestamp,
-            group_offsets,
-            pull_ack_and_redelivery,
-            push_consumer,
-            transactions,
-            delay_and_expiry,
-            interceptors,
-            lifecycle,
-            resource_manager,
-            error_codes
-        );
-        report
-    }
-
     fn outcome(name: &str, check: Check) -> Outcome {
         match check {
             Ok(()) => Outcome::Passed,
             Err(e) if e.kind() == OmsErrorKind::Unsupported => Outcome::Unsupported(e.to_string()),
             Err(e) => panic!("conformance check {name} failed: {e}"),
         }
-    }
-
-    /// A message keeps its body, key, properties and headers; the server fills in id, store
-    /// time and host, partition and offset.
-    pub async fn send_and_receive(&self) -> Outcome {
-        Self::outcome("send_and_receive", self.send_and_receive_inner().await)
     }
 
     async fn send_and_receive_inner(&self) -> Check {
@@ -252,11 +218,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// A batch is stored in order with one result per message; a one-way send arrives.
-    pub async fn batch_and_oneway(&self) -> Outcome {
-        Self::outcome("batch_and_oneway", self.batch_and_oneway_inner().await)
-    }
-
     async fn batch_and_oneway_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = Arc::new(self.producer().await?);
@@ -287,11 +248,6 @@ impl Conformance {
             "the one-way message did not arrive"
         );
         Ok(())
-    }
-
-    /// Messages with one key go to one partition, in send order; offsets are dense.
-    pub async fn keyed_partitions_keep_order(&self) -> Outcome {
-        Self::outcome("keyed_partitions_keep_order", self.keyed_inner().await)
     }
 
     async fn keyed_inner(&self) -> Check {
@@ -334,11 +290,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// A message naming a partition lands there; a partition that does not exist is 1418.
-    pub async fn explicit_partition(&self) -> Outcome {
-        Self::outcome("explicit_partition", self.explicit_partition_inner().await)
-    }
-
     async fn explicit_partition_inner(&self) -> Check {
         let q = self.queue(3).await?;
         let producer = self.producer().await?;
@@ -359,11 +310,6 @@ impl Conformance {
             "partition 9 of 3: {err:?}"
         );
         Ok(())
-    }
-
-    /// Readers open at the beginning, the end, or an offset (clamped to the end).
-    pub async fn seek_by_offset(&self) -> Outcome {
-        Self::outcome("seek_by_offset", self.seek_by_offset_inner().await)
     }
 
     async fn seek_by_offset_inner(&self) -> Check {
@@ -417,11 +363,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// A timestamp seek starts at the first message stored at or after it.
-    pub async fn seek_by_timestamp(&self) -> Outcome {
-        Self::outcome("seek_by_timestamp", self.seek_by_timestamp_inner().await)
-    }
-
     async fn seek_by_timestamp_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
@@ -467,11 +408,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// Committed offsets belong to the consumer group and outlive the consumer.
-    pub async fn group_offsets(&self) -> Outcome {
-        Self::outcome("group_offsets", self.group_offsets_inner().await)
-    }
-
     async fn group_offsets_inner(&self) -> Check {
         let q = self.queue(2).await?;
         let group = format!("g-{}", QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -514,12 +450,6 @@ impl Conformance {
             "groups are separate"
         );
         Ok(())
-    }
-
-    /// A pull consumer gets each message once; unacknowledged ones come back with a higher
-    /// delivery count; acknowledged ones never come back to the group.
-    pub async fn pull_ack_and_redelivery(&self) -> Outcome {
-        Self::outcome("pull_ack_and_redelivery", self.pull_inner().await)
     }
 
     async fn pull_inner(&self) -> Check {
@@ -595,11 +525,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// A push consumer hands every message to its listener.
-    pub async fn push_consumer(&self) -> Outcome {
-        Self::outcome("push_consumer", self.push_inner().await)
-    }
-
     async fn push_inner(&self) -> Check {
         struct Collect(Mutex<Vec<String>>);
         #[async_trait]
@@ -647,12 +572,6 @@ impl Conformance {
             "push consumer saw {got:?}"
         );
         Ok(())
-    }
-
-    /// Prepared messages stay invisible until commit, vanish on rollback, and a transaction left
-    /// open by a producer that went away is resolved by the check listener, exactly once.
-    pub async fn transactions(&self) -> Outcome {
-        Self::outcome("transactions", self.transactions_inner().await)
     }
 
     async fn transactions_inner(&self) -> Check {
@@ -743,11 +662,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// A delayed message appears only after its delay; an expired one is never delivered.
-    pub async fn delay_and_expiry(&self) -> Outcome {
-        Self::outcome("delay_and_expiry", self.delay_inner().await)
-    }
-
     async fn delay_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.producer().await?;
@@ -775,11 +689,6 @@ impl Conformance {
             "delivered before its delay"
         );
         Ok(())
-    }
-
-    /// Interceptors see and may change every message; removed ones stop.
-    pub async fn interceptors(&self) -> Outcome {
-        Self::outcome("interceptors", self.interceptors_inner().await)
     }
 
     async fn interceptors_inner(&self) -> Check {
@@ -817,11 +726,6 @@ impl Conformance {
         Ok(())
     }
 
-    /// A producer serves only while started, and can be restarted.
-    pub async fn lifecycle(&self) -> Outcome {
-        Self::outcome("lifecycle", self.lifecycle_inner().await)
-    }
-
     async fn lifecycle_inner(&self) -> Check {
         let q = self.queue(1).await?;
         let producer = self.access_point.create_producer(KeyValue::new()).await?;
@@ -848,11 +752,6 @@ impl Conformance {
         producer.start().await?;
         producer.send(Message::new(&q, "again")).await?;
         Ok(())
-    }
-
-    /// Namespaces and queues are created, listed, described and deleted.
-    pub async fn resource_manager(&self) -> Outcome {
-        Self::outcome("resource_manager", self.resource_manager_inner().await)
     }
 
     async fn resource_manager_inner(&self) -> Check {
@@ -889,11 +788,6 @@ impl Conformance {
             "deleted namespace still listed"
         );
         Ok(())
-    }
-
-    /// Missing and duplicate destinations and oversized bodies have the spec's codes.
-    pub async fn error_codes(&self) -> Outcome {
-        Self::outcome("error_codes", self.error_codes_inner().await)
     }
 
     async fn error_codes_inner(&self) -> Check {
@@ -940,4 +834,63 @@ impl Conformance {
         }
         Ok(())
     }
+}
+
+/// Generates, for each check, the public method that runs it and reports its [`Outcome`], and
+/// [`Conformance::run_all`] over all of them, so that the list is written once.
+macro_rules! checks {
+    ($($(#[$doc:meta])+ $name:ident => $inner:ident;)+) => {
+        impl Conformance {
+            $(
+                $(#[$doc])+
+                pub async fn $name(&self) -> Outcome {
+                    Self::outcome(stringify!($name), self.$inner().await)
+                }
+            )+
+
+            /// Runs every check; returns each one's name and outcome. Panics on the first
+            /// failure.
+            pub async fn run_all(&self) -> Vec<(&'static str, Outcome)> {
+                let mut report = Vec::new();
+                $(report.push((stringify!($name), self.$name().await));)+
+                report
+            }
+        }
+    };
+}
+
+checks! {
+    /// A message keeps its body, key, properties and headers; the server fills in id, store
+    /// time and host, partition and offset.
+    send_and_receive => send_and_receive_inner;
+    /// A batch is stored in order with one result per message; a one-way send arrives.
+    batch_and_oneway => batch_and_oneway_inner;
+    /// Messages with one key go to one partition, in send order; offsets are dense.
+    keyed_partitions_keep_order => keyed_inner;
+    /// A message naming a partition lands there; a partition that does not exist is 1418.
+    explicit_partition => explicit_partition_inner;
+    /// Readers open at the beginning, the end, or an offset (clamped to the end).
+    seek_by_offset => seek_by_offset_inner;
+    /// A timestamp seek starts at the first message stored at or after it.
+    seek_by_timestamp => seek_by_timestamp_inner;
+    /// Committed offsets belong to the consumer group and outlive the consumer.
+    group_offsets => group_offsets_inner;
+    /// A pull consumer gets each message once; unacknowledged ones come back with a higher
+    /// delivery count; acknowledged ones never come back to the group.
+    pull_ack_and_redelivery => pull_inner;
+    /// A push consumer hands every message to its listener.
+    push_consumer => push_inner;
+    /// Prepared messages stay invisible until commit, vanish on rollback, and a transaction left
+    /// open by a producer that went away is resolved by the check listener, exactly once.
+    transactions => transactions_inner;
+    /// A delayed message appears only after its delay; an expired one is never delivered.
+    delay_and_expiry => delay_inner;
+    /// Interceptors see and may change every message; removed ones stop.
+    interceptors => interceptors_inner;
+    /// A producer serves only while started, and can be restarted.
+    lifecycle => lifecycle_inner;
+    /// Namespaces and queues are created, listed, described and deleted.
+    resource_manager => resource_manager_inner;
+    /// Missing and duplicate destinations and oversized bodies have the spec's codes.
+    error_codes => error_codes_inner;
 }
