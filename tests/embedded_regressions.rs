@@ -51,6 +51,18 @@ fn assert_dense(all: &[(i64, String)]) {
     }
 }
 
+/// A store in `dir` with a one-partition queue `queue`; the access point and a started producer.
+async fn queue_with_producer(dir: &Path, queue: &str) -> (Arc<dyn MessagingAccessPoint>, Producer) {
+    let ap = open(dir, KeyValue::new()).await;
+    let rm = ap.resource_manager().await.unwrap();
+    rm.create_queue(queue, QueueConfig::with_partitions(1))
+        .await
+        .unwrap();
+    let p = ap.create_producer(KeyValue::new()).await.unwrap();
+    p.start().await.unwrap();
+    (ap, p)
+}
+
 /// Queue `q`: 4 KiB segments, at most 8 KiB kept, so that a few sends make retention drop
 /// segments. Returns the access point and a started producer.
 async fn small_retained_queue(dir: &Path) -> (Arc<dyn MessagingAccessPoint>, Producer) {
@@ -161,15 +173,7 @@ async fn a_torn_batch_in_a_readers_buffer_is_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_publish_is_completed_once() {
     let dir = tempfile::tempdir().unwrap();
-    let ap = open(dir.path(), KeyValue::new()).await;
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue("t", QueueConfig::with_partitions(1))
-        .await
-        .unwrap();
-    let p = ap.create_producer(KeyValue::new()).await.unwrap();
-    p.start().await.unwrap();
+    let (ap, p) = queue_with_producer(dir.path(), "t").await;
     p.send(Message::new("t", "plain")).await.unwrap();
     let delayed = p
         .send(Message::new("t", "delayed").with_delay(Duration::from_millis(100)))
@@ -209,15 +213,7 @@ async fn an_interrupted_publish_is_completed_once() {
 async fn a_corrupt_staged_file_is_set_aside() {
     for content in [Vec::new(), vec![0u8; 40]] {
         let dir = tempfile::tempdir().unwrap();
-        let ap = open(dir.path(), KeyValue::new()).await;
-        ap.resource_manager()
-            .await
-            .unwrap()
-            .create_queue("q", QueueConfig::with_partitions(1))
-            .await
-            .unwrap();
-        let p = ap.create_producer(KeyValue::new()).await.unwrap();
-        p.start().await.unwrap();
+        let (ap, p) = queue_with_producer(dir.path(), "q").await;
         p.send(Message::new("q", "a")).await.unwrap();
         let staged = dir.path().join("r/namespaces/default/q/p-0/staged");
         std::fs::create_dir_all(&staged).unwrap();

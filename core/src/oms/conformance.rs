@@ -581,6 +581,15 @@ impl Conformance {
                 self.0
             }
         }
+        // A started transactional producer whose listener always decides `state`.
+        let transactional = |state| async move {
+            let p = self
+                .access_point
+                .create_transactional_producer(KeyValue::new(), Arc::new(Decide(state)))
+                .await?;
+            p.start().await?;
+            Ok::<_, OmsError>(p)
+        };
         let q = self.queue(1).await?;
         let plain = self.producer().await?;
         let err = plain.prepare(Message::new(&q, "x")).await.err();
@@ -588,14 +597,7 @@ impl Conformance {
             err.as_ref().map(OmsError::kind) == Some(OmsErrorKind::Transaction),
             "prepare without a listener: {err:?}"
         );
-        let producer = self
-            .access_point
-            .create_transactional_producer(
-                KeyValue::new(),
-                Arc::new(Decide(TransactionState::Unknown)),
-            )
-            .await?;
-        producer.start().await?;
+        let producer = transactional(TransactionState::Unknown).await?;
         let mut r = self.reader(&q, 0, SeekPosition::Beginning).await?;
         let tx = producer.prepare(Message::new(&q, "committed")).await?;
         let txid = tx.transaction_id().to_string();
@@ -632,27 +634,14 @@ impl Conformance {
                 .is_empty(),
             "rolled back or undecided messages are visible"
         );
-        let resolver = self
-            .access_point
-            .create_transactional_producer(
-                KeyValue::new(),
-                Arc::new(Decide(TransactionState::Commit)),
-            )
-            .await?;
-        resolver.start().await?;
+        // Starting it resolves the orphan; it is kept (not dropped) until the checks below.
+        let _resolver = transactional(TransactionState::Commit).await?;
         let got = Self::read_n(r.as_mut(), 1).await?;
         ensure!(
             got.len() == 1 && &got[0].data[..] == b"orphan",
             "the orphaned transaction was not resolved by the listener"
         );
-        let second = self
-            .access_point
-            .create_transactional_producer(
-                KeyValue::new(),
-                Arc::new(Decide(TransactionState::Commit)),
-            )
-            .await?;
-        second.start().await?;
+        let _second = transactional(TransactionState::Commit).await?;
         ensure!(
             r.poll_batch(10, Duration::from_millis(300))
                 .await?
