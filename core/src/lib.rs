@@ -6,3 +6,5 @@
 #![deny(missing_docs)]
 
 pub mod oms;
+pub mod runtime;
+pub mod state;

@@ -1,0 +1,161 @@
+//! Running a job: spawn its subtasks, wait for them, stop them, report.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::chain::{panic_message, OperatorMetrics};
+use super::clock::ProcessingClock;
+use super::element::CheckpointBarrier;
+use super::error::{Result, RuntimeError};
+use super::graph::StreamEnv;
+use super::source::SourceCommand;
+
+/// Records counted at one operator over a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorReport {
+    /// The operator's name.
+    pub name: String,
+    /// Records in (0 for sources).
+    pub records_in: u64,
+    /// Records out (0 for sinks).
+    pub records_out: u64,
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Wall-clock time from start to the last subtask's end.
+    pub elapsed: Duration,
+    /// Per operator, in the order they were added.
+    pub operators: Vec<OperatorReport>,
+}
+
+impl JobReport {
+    /// The report of the operator called `name`.
+    pub fn operator(&self, name: &str) -> Option<&OperatorReport> {
+        self.operators.iter().find(|o| o.name == name)
+    }
+}
+
+/// A running job.
+#[derive(Debug)]
+pub struct JobHandle {
+    tasks: JoinSet<Result<()>>,
+    names: HashMap<tokio::task::Id, String>,
+    stop: watch::Sender<bool>,
+    source_commands: Vec<mpsc::UnboundedSender<SourceCommand>>,
+    metrics: Vec<(String, Arc<OperatorMetrics>)>,
+    started: std::time::Instant,
+    clock: ProcessingClock,
+}
+
+impl StreamEnv {
+    /// Starts the job on the current tokio runtime and returns at once.
+    pub fn spawn(&self) -> Result<JobHandle> {
+        let clock = ProcessingClock::start();
+        let (stop, stop_receiver) = watch::channel(false);
+        let built = self.build(clock, stop_receiver)?;
+        let metrics = self.lock().metrics.clone();
+        let mut tasks = JoinSet::new();
+        let mut names = HashMap::new();
+        for (name, future) in built.tasks {
+            let handle = tasks.spawn(future);
+            names.insert(handle.id(), name);
+        }
+        tracing::info!(job = %built.config.name, subtasks = names.len(), "job started");
+        Ok(JobHandle {
+            tasks,
+            names,
+            stop,
+            source_commands: built.source_commands,
+            metrics,
+            started: std::time::Instant::now(),
+            clock,
+        })
+    }
+
+    /// Runs the job until its inputs end (or it fails) and reports.
+    pub async fn execute(&self) -> Result<JobReport> {
+        self.spawn()?.join().await
+    }
+}
+
+impl JobHandle {
+    /// Asks every source to end its input: the job drains, windows fire, sinks finish, and
+    /// [`join`](JobHandle::join) returns the report.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Injects checkpoint barrier `epoch` at every source. (The checkpoint coordinator uses
+    /// this; the barrier flows and aligns through the job.)
+    pub fn inject_barrier(&self, epoch: u64) {
+        let barrier = CheckpointBarrier {
+            epoch,
+            triggered_at: self.clock.now(),
+        };
+        for commands in &self.source_commands {
+            let _ = commands.send(SourceCommand::Barrier(barrier));
+        }
+    }
+
+    /// Records counted so far, per operator.
+    pub fn operators(&self) -> Vec<OperatorReport> {
+        self.metrics
+            .iter()
+            .map(|(name, m)| OperatorReport {
+                name: name.clone(),
+                records_in: m.records_in.load(Ordering::Relaxed),
+                records_out: m.records_out.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Stops every subtask at once, without draining.
+    pub fn abort(&mut self) {
+        self.tasks.abort_all();
+    }
+
+    /// Waits for the job. When one subtask fails, every other one is stopped and the first
+    /// error that is a cause (not the echo of a closed channel) is returned.
+    pub async fn join(mut self) -> Result<JobReport> {
+        let mut errors: Vec<RuntimeError> = Vec::new();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            let error = match joined {
+                Ok((_, Ok(()))) => continue,
+                Ok((_, Err(error))) => error,
+                Err(join_error) => {
+                    let task = self
+                        .names
+                        .get(&join_error.id())
+                        .cloned()
+                        .unwrap_or_default();
+                    if join_error.is_cancelled() {
+                        RuntimeError::Cancelled
+                    } else {
+                        let message = panic_message(join_error.into_panic().as_ref());
+                        RuntimeError::Panicked { task, message }
+                    }
+                }
+            };
+            if errors.is_empty() {
+                tracing::error!(%error, "job failed; stopping every subtask");
+                self.tasks.abort_all();
+            }
+            errors.push(error);
+        }
+        if !errors.is_empty() {
+            let cause = errors.iter().position(|e| !e.is_consequence()).unwrap_or(0);
+            return Err(errors.swap_remove(cause));
+        }
+        Ok(JobReport {
+            elapsed: self.started.elapsed(),
+            operators: self.operators(),
+        })
+    }
+}

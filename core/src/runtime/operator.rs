@@ -1,0 +1,210 @@
+//! The operator contract: one required method, defaulted hooks, and the context through which an
+//! operator emits records, reads time and asks for processing-time callbacks.
+
+use super::clock::ProcessingClock;
+use super::element::{Batch, CheckpointBarrier, EventTime, Record, MIN_WATERMARK};
+use super::error::BoxError;
+use crate::state::{ListState, MapState, StateBackend, StateKey, StateValue, ValueState};
+
+/// The result of an operator hook.
+pub type OperatorResult = std::result::Result<(), BoxError>;
+
+/// Which subtask of which operator runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubtaskInfo {
+    /// The operator's name in the job.
+    pub operator: String,
+    /// This subtask's index, from 0.
+    pub index: usize,
+    /// How many subtasks the operator has.
+    pub parallelism: usize,
+}
+
+impl SubtaskInfo {
+    /// `name[index/parallelism]`, as errors and logs print it.
+    pub fn task_name(&self) -> String {
+        format!("{}[{}/{}]", self.operator, self.index, self.parallelism)
+    }
+}
+
+/// A stage of a job that turns input batches into output records.
+///
+/// Only [`process_batch`](Operator::process_batch) is required. The hooks are called by the
+/// runtime in stream order, on the subtask's task, never concurrently; records an operator emits
+/// from any hook go downstream before the element that triggered the hook is forwarded. So a
+/// window emitted in `on_watermark` reaches the next operator ahead of the watermark itself.
+pub trait Operator<I, O>: Send + 'static {
+    /// Processes one non-empty batch. Emit results through `ctx`.
+    fn process_batch(&mut self, batch: Batch<I>, ctx: &mut OperatorContext<O>) -> OperatorResult;
+
+    /// Called once before the first element; create state and timers here.
+    fn on_start(&mut self, ctx: &mut OperatorContext<O>) -> OperatorResult {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Called when the input watermark advances (`ctx.watermark()` already holds it). Fire
+    /// event-time timers here. The runtime forwards the watermark after this returns.
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        ctx: &mut OperatorContext<O>,
+    ) -> OperatorResult {
+        let _ = (watermark, ctx);
+        Ok(())
+    }
+
+    /// Called when processing time reaches a time asked for with
+    /// [`OperatorContext::request_wakeup`] (`now` is at or after it).
+    fn on_processing_time(
+        &mut self,
+        now: EventTime,
+        ctx: &mut OperatorContext<O>,
+    ) -> OperatorResult {
+        let _ = (now, ctx);
+        Ok(())
+    }
+
+    /// Called when checkpoint barrier `barrier` has arrived on every input: everything before
+    /// it has been processed. Snapshot state as of this point. The barrier is forwarded after.
+    fn on_barrier(
+        &mut self,
+        barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext<O>,
+    ) -> OperatorResult {
+        let _ = (barrier, ctx);
+        Ok(())
+    }
+
+    /// Called when the checkpoint of `epoch` is complete everywhere (its record is durable).
+    fn on_checkpoint_complete(&mut self, epoch: u64) -> OperatorResult {
+        let _ = epoch;
+        Ok(())
+    }
+
+    /// Called once when every input has ended, after the final watermark: flush what is left.
+    fn on_end(&mut self, ctx: &mut OperatorContext<O>) -> OperatorResult {
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+/// What an operator sees of the runtime: its output, the current time and its identity.
+#[derive(Debug)]
+pub struct OperatorContext<O> {
+    output: Batch<O>,
+    watermark: EventTime,
+    wakeup: Option<EventTime>,
+    clock: ProcessingClock,
+    info: SubtaskInfo,
+    state_backend: StateBackend,
+}
+
+impl<O> OperatorContext<O> {
+    /// A context for a subtask; the runtime makes one per operator subtask.
+    pub fn new(info: SubtaskInfo, clock: ProcessingClock) -> Self {
+        OperatorContext {
+            output: Vec::new(),
+            watermark: MIN_WATERMARK,
+            wakeup: None,
+            clock,
+            info,
+            state_backend: StateBackend::default(),
+        }
+    }
+
+    /// Emits one record with event time `timestamp`.
+    #[inline]
+    pub fn emit(&mut self, timestamp: EventTime, value: O) {
+        self.output.push(Record { timestamp, value });
+    }
+
+    /// Emits one record.
+    #[inline]
+    pub fn emit_record(&mut self, record: Record<O>) {
+        self.output.push(record);
+    }
+
+    /// Emits a whole batch; when nothing else was emitted yet it is passed on without a copy.
+    pub fn emit_batch(&mut self, mut batch: Batch<O>) {
+        if self.output.is_empty() {
+            self.output = batch;
+        } else {
+            self.output.append(&mut batch);
+        }
+    }
+
+    /// The output buffer, for operators that fill it in place.
+    pub fn output_mut(&mut self) -> &mut Batch<O> {
+        &mut self.output
+    }
+
+    /// The current input watermark: the minimum over every input.
+    pub fn watermark(&self) -> EventTime {
+        self.watermark
+    }
+
+    /// The current processing time in milliseconds since the epoch.
+    pub fn processing_time(&self) -> EventTime {
+        self.clock.now()
+    }
+
+    /// Asks for a call of [`Operator::on_processing_time`] once processing time reaches `at`.
+    /// Only the earliest pending request is kept; ask again from the callback for later ones.
+    pub fn request_wakeup(&mut self, at: EventTime) {
+        self.wakeup = Some(self.wakeup.map_or(at, |w| w.min(at)));
+    }
+
+    /// Which subtask this is.
+    pub fn subtask(&self) -> &SubtaskInfo {
+        &self.info
+    }
+
+    /// A keyed value state of this subtask, called `name` (unique within the operator).
+    pub fn value_state<K: StateKey, V: StateValue>(&self, name: &str) -> Box<dyn ValueState<K, V>> {
+        self.state_backend.value_state(&self.info.task_name(), name)
+    }
+
+    /// A keyed map state of this subtask, called `name`.
+    pub fn map_state<K: StateKey, UK: StateKey + Ord, V: StateValue>(
+        &self,
+        name: &str,
+    ) -> Box<dyn MapState<K, UK, V>> {
+        self.state_backend.map_state(&self.info.task_name(), name)
+    }
+
+    /// A keyed list state of this subtask, called `name`.
+    pub fn list_state<K: StateKey, V: StateValue>(&self, name: &str) -> Box<dyn ListState<K, V>> {
+        self.state_backend.list_state(&self.info.task_name(), name)
+    }
+
+    pub(crate) fn set_state_backend(&mut self, backend: StateBackend) {
+        self.state_backend = backend;
+    }
+
+    pub(crate) fn take_output(&mut self) -> Batch<O> {
+        std::mem::take(&mut self.output)
+    }
+
+    pub(crate) fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    pub(crate) fn set_watermark(&mut self, watermark: EventTime) {
+        self.watermark = watermark;
+    }
+
+    pub(crate) fn pending_wakeup(&self) -> Option<EventTime> {
+        self.wakeup
+    }
+
+    pub(crate) fn take_due_wakeup(&mut self, now: EventTime) -> bool {
+        match self.wakeup {
+            Some(at) if at <= now => {
+                self.wakeup = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}

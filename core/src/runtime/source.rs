@@ -1,0 +1,159 @@
+//! Sources: the start of a job. A source subtask polls its [`Source`] and pushes what it returns
+//! into its fused chain; between polls it takes commands (checkpoint barriers, stop).
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+
+use std::sync::Arc;
+
+use super::chain::{Chain, OperatorMetrics};
+use super::clock::ProcessingClock;
+use super::element::{Batch, CheckpointBarrier, EventTime, StreamElement, MAX_WATERMARK};
+use super::error::{BoxError, Result, RuntimeError};
+use super::operator::SubtaskInfo;
+
+/// What one poll of a source returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceOutput<T> {
+    /// Records read.
+    Data(Batch<T>),
+    /// The source's watermark advanced.
+    Watermark(EventTime),
+    /// Every partition of this subtask is idle.
+    Idle,
+    /// Nothing arrived within the source's poll wait; poll again.
+    NoData,
+    /// A bounded source read everything: the runtime sends the final watermark and `End`.
+    Finished,
+}
+
+/// The positions a source subtask would resume from: `(queue, partition, next offset)`.
+pub type SourcePositions = Vec<(String, i32, i64)>;
+
+/// What a source subtask knows of its job.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// Which subtask this is.
+    pub subtask: SubtaskInfo,
+    /// The job's processing-time clock.
+    pub clock: ProcessingClock,
+}
+
+/// A source of records for one subtask.
+///
+/// The runtime calls [`poll`](Source::poll) in a loop. A poll should come back within about
+/// 100 ms even without data ([`SourceOutput::NoData`]) so that barriers and a stop request are
+/// handled promptly; it must not block the thread. A poll must be cancel-safe: when a
+/// processing-time timer of an operator fused into the source's task falls due, the pending
+/// poll is dropped, and nothing it had read may be lost with it (keep read records in `self`
+/// until they are returned).
+#[async_trait]
+pub trait Source<T>: Send + 'static {
+    /// Called once before the first poll: connect, find partitions, seek.
+    async fn open(&mut self, ctx: &SourceContext) -> std::result::Result<(), BoxError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Reads what is there.
+    async fn poll(&mut self, ctx: &SourceContext)
+        -> std::result::Result<SourceOutput<T>, BoxError>;
+
+    /// Checkpoint barrier `barrier` is about to be emitted: return the positions that the
+    /// records emitted so far end at.
+    async fn snapshot(
+        &mut self,
+        barrier: &CheckpointBarrier,
+    ) -> std::result::Result<SourcePositions, BoxError> {
+        let _ = barrier;
+        Ok(Vec::new())
+    }
+
+    /// The checkpoint of `epoch` is complete: commit its positions to the broker, if wanted.
+    async fn on_checkpoint_complete(&mut self, epoch: u64) -> std::result::Result<(), BoxError> {
+        let _ = epoch;
+        Ok(())
+    }
+
+    /// Called once when the subtask stops, normally or not.
+    async fn close(&mut self) -> std::result::Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Commands a running source subtask takes between polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceCommand {
+    /// Snapshot positions and emit this barrier.
+    Barrier(CheckpointBarrier),
+    /// The checkpoint of this epoch completed.
+    CheckpointComplete(u64),
+}
+
+/// Runs one source subtask until its input ends, the job is stopped, or it fails.
+pub(crate) async fn run_source<T: Send + 'static>(
+    mut source: Box<dyn Source<T>>,
+    mut chain: Box<dyn Chain<T>>,
+    ctx: SourceContext,
+    mut commands: mpsc::UnboundedReceiver<SourceCommand>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<OperatorMetrics>,
+) -> Result<()> {
+    let task = ctx.subtask.task_name();
+    let fail = |e: BoxError| RuntimeError::task(&task, e);
+    chain.start().await?;
+    source.open(&ctx).await.map_err(fail)?;
+    let result = async {
+        loop {
+            while let Ok(command) = commands.try_recv() {
+                match command {
+                    SourceCommand::Barrier(barrier) => {
+                        source.snapshot(&barrier).await.map_err(fail)?;
+                        chain.push(StreamElement::Barrier(barrier)).await?;
+                    }
+                    SourceCommand::CheckpointComplete(epoch) => {
+                        source.on_checkpoint_complete(epoch).await.map_err(fail)?;
+                    }
+                }
+            }
+            if *stop.borrow_and_update() {
+                // A stop ends the input like a bounded source: windows flush, sinks finish.
+                chain.push(StreamElement::Watermark(MAX_WATERMARK)).await?;
+                return chain.push(StreamElement::End).await;
+            }
+            let output = tokio::select! {
+                biased;
+                _ = wakeup(chain.next_wakeup(), &ctx.clock) => {
+                    chain.on_processing_time(ctx.clock.now()).await?;
+                    continue;
+                }
+                output = source.poll(&ctx) => output.map_err(fail)?,
+            };
+            match output {
+                SourceOutput::Data(batch) if batch.is_empty() => {}
+                SourceOutput::Data(batch) => {
+                    metrics.count_out(batch.len());
+                    chain.push(StreamElement::Data(batch)).await?
+                }
+                SourceOutput::Watermark(w) => chain.push(StreamElement::Watermark(w)).await?,
+                SourceOutput::Idle => chain.push(StreamElement::Idle).await?,
+                SourceOutput::NoData => {}
+                SourceOutput::Finished => {
+                    chain.push(StreamElement::Watermark(MAX_WATERMARK)).await?;
+                    return chain.push(StreamElement::End).await;
+                }
+            }
+        }
+    }
+    .await;
+    let closed = source.close().await.map_err(fail);
+    result.and(closed)
+}
+
+/// Completes when processing time reaches `at`; never when there is no wakeup.
+pub(crate) async fn wakeup(at: Option<EventTime>, clock: &ProcessingClock) {
+    match at {
+        Some(at) => tokio::time::sleep_until(clock.instant_of(at)).await,
+        None => std::future::pending().await,
+    }
+}
