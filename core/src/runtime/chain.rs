@@ -51,9 +51,12 @@ pub(crate) struct OperatorLink<I, O> {
     next: Box<dyn Chain<O>>,
     task: String,
     metrics: Arc<OperatorMetrics>,
+    generates_watermarks: bool,
+    /// The last watermark sent on by an operator that generates its own.
+    generated_watermark: EventTime,
 }
 
-impl<I, O> OperatorLink<I, O> {
+impl<I: 'static, O: 'static> OperatorLink<I, O> {
     pub(crate) fn new(
         operator: Box<dyn Operator<I, O>>,
         ctx: OperatorContext<O>,
@@ -62,6 +65,8 @@ impl<I, O> OperatorLink<I, O> {
     ) -> Self {
         let task = ctx.subtask().task_name();
         OperatorLink {
+            generates_watermarks: operator.generates_watermarks(),
+            generated_watermark: super::element::MIN_WATERMARK,
             operator,
             ctx,
             next,
@@ -103,6 +108,12 @@ impl<I, O> OperatorLink<I, O> {
             self.metrics.count_out(batch.len());
             self.next.push(StreamElement::Data(batch)).await?;
         }
+        if let Some(watermark) = self.ctx.take_emitted_watermark() {
+            if self.generates_watermarks && watermark > self.generated_watermark {
+                self.generated_watermark = watermark;
+                self.next.push(StreamElement::Watermark(watermark)).await?;
+            }
+        }
         Ok(())
     }
 }
@@ -126,6 +137,9 @@ impl<I: Send + 'static, O: Send + 'static> Chain<I> for OperatorLink<I, O> {
                 self.ctx.set_watermark(watermark);
                 self.guarded(|op, ctx| op.on_watermark(watermark, ctx))?;
                 self.flush().await?;
+                if self.generates_watermarks && watermark != super::element::MAX_WATERMARK {
+                    return Ok(());
+                }
                 self.next.push(StreamElement::Watermark(watermark)).await
             }
             StreamElement::Idle => self.next.push(StreamElement::Idle).await,

@@ -82,6 +82,13 @@ pub trait Operator<I, O>: Send + 'static {
         Ok(())
     }
 
+    /// Whether this operator makes its own watermarks (a timestamp assigner). When true, input
+    /// watermarks are not forwarded (except the final one at the end of input); the operator
+    /// sends its own with [`OperatorContext::emit_watermark`].
+    fn generates_watermarks(&self) -> bool {
+        false
+    }
+
     /// Called once when every input has ended, after the final watermark: flush what is left.
     fn on_end(&mut self, ctx: &mut OperatorContext<O>) -> OperatorResult {
         let _ = ctx;
@@ -95,6 +102,7 @@ pub struct OperatorContext<O> {
     output: Batch<O>,
     watermark: EventTime,
     wakeup: Option<EventTime>,
+    emitted_watermark: Option<EventTime>,
     clock: ProcessingClock,
     info: SubtaskInfo,
     state_backend: StateBackend,
@@ -107,6 +115,7 @@ impl<O> OperatorContext<O> {
             output: Vec::new(),
             watermark: MIN_WATERMARK,
             wakeup: None,
+            emitted_watermark: None,
             clock,
             info,
             state_backend: StateBackend::default(),
@@ -137,6 +146,20 @@ impl<O> OperatorContext<O> {
     /// The output buffer, for operators that fill it in place.
     pub fn output_mut(&mut self) -> &mut Batch<O> {
         &mut self.output
+    }
+
+    /// Sends a watermark downstream after the records emitted so far; only for operators that
+    /// [generate watermarks](Operator::generates_watermarks). Watermarks only grow: a smaller
+    /// one than the last is ignored.
+    pub fn emit_watermark(&mut self, watermark: EventTime) {
+        self.emitted_watermark = Some(
+            self.emitted_watermark
+                .map_or(watermark, |w| w.max(watermark)),
+        );
+    }
+
+    pub(crate) fn take_emitted_watermark(&mut self) -> Option<EventTime> {
+        self.emitted_watermark.take()
     }
 
     /// The current input watermark: the minimum over every input.
@@ -176,6 +199,11 @@ impl<O> OperatorContext<O> {
     /// A keyed list state of this subtask, called `name`.
     pub fn list_state<K: StateKey, V: StateValue>(&self, name: &str) -> Box<dyn ListState<K, V>> {
         self.state_backend.list_state(&self.info.task_name(), name)
+    }
+
+    /// Where this subtask's keyed state lives.
+    pub fn state_backend(&self) -> StateBackend {
+        self.state_backend.clone()
     }
 
     pub(crate) fn set_state_backend(&mut self, backend: StateBackend) {
