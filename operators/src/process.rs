@@ -26,7 +26,9 @@ pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
         ctx: &mut ProcessContext<'_, K, O>,
     ) -> OperatorResult;
 
-    /// A timer registered for `key` at `time` fired.
+    /// A timer registered for `key` at `time` fired. Event-time timers all fire at the end of a
+    /// bounded input (its final watermark is the maximum); processing-time timers still pending
+    /// then do not.
     fn on_timer(
         &mut self,
         key: &K,

@@ -37,7 +37,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + fmt::Debug + 'static> Key for K {}
 
 /// The consumers of one node's output: per consumer, per upstream subtask, the chain the
 /// subtask's output goes to. Filled in by the consumers when they are built.
-type Port<T> = Arc<Mutex<Vec<Option<Vec<Option<Box<dyn Chain<T>>>>>>>>;
+type Port<T> = Arc<Mutex<Vec<Option<Endpoint<T>>>>>;
+
+/// How one consumer takes a node's output: per upstream subtask, the chain to push into (taken
+/// out when the subtask is built).
+type Endpoint<T> = Vec<Option<Box<dyn Chain<T>>>>;
 
 type BuildFn = Box<dyn FnOnce(&mut BuildContext) -> Result<()> + Send>;
 
@@ -478,7 +482,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     }
 }
 
-fn take_outputs<T>(port: &Port<T>, node: &str) -> Result<Vec<Vec<Option<Box<dyn Chain<T>>>>>> {
+fn take_outputs<T>(port: &Port<T>, node: &str) -> Result<Vec<Endpoint<T>>> {
     let consumers = std::mem::take(&mut *port.lock().expect("port lock poisoned"));
     consumers
         .into_iter()
@@ -493,10 +497,7 @@ fn take_outputs<T>(port: &Port<T>, node: &str) -> Result<Vec<Vec<Option<Box<dyn 
 }
 
 /// The chain subtask `index` of a node sends its output to.
-fn output_chain<T: Data>(
-    outputs: &mut [Vec<Option<Box<dyn Chain<T>>>>],
-    index: usize,
-) -> Box<dyn Chain<T>> {
+fn output_chain<T: Data>(outputs: &mut [Endpoint<T>], index: usize) -> Box<dyn Chain<T>> {
     let mut chains: Vec<Box<dyn Chain<T>>> = outputs
         .iter_mut()
         .filter_map(|per_subtask| per_subtask.get_mut(index).and_then(Option::take))
