@@ -3,8 +3,10 @@
 //!
 //! - [`oms`]: the OMS API (`AccessPointUri`, `KeyValue`, `Message`, `Producer`, the consumers,
 //!   `ResourceManager`) and the drivers, `embedded` first.
+//! - [`connectors`]: OMS sources and sinks of the dataflow runtime.
 #![deny(missing_docs)]
 
+pub mod connectors;
 pub mod oms;
 pub mod runtime;
 pub mod state;

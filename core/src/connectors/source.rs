@@ -1,0 +1,585 @@
+//! The OMS source: reads a queue's partitions through a [`StreamingConsumer`], spread over
+//! the source's subtasks, decodes the messages and generates watermarks per partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+
+use super::dead_letter::{dead_letter, DeadLetter, Origin};
+use super::error::{ConnectorError, QueueRole};
+use super::source_config::{CommitPolicy, OmsSourceConfig, StartPosition};
+use crate::oms::{keyvalue, KeyValue, Message, PartitionReader, Producer, SeekPosition};
+use crate::oms::{ServiceLifecycle, StreamingConsumer};
+use crate::runtime::{
+    Batch, BoxError, CheckpointBarrier, Data, EventTime, PartitionWatermarks, Record, RuntimeError,
+    Source, SourceContext, SourceOutput, SourcePositions, Stream, StreamEnv, SubtaskInfo,
+    WatermarkUpdate,
+};
+
+/// How long a poll waits for a message when no partition has one. Below the runtime's 100 ms,
+/// so that barriers and a stop are taken promptly.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+
+impl StreamEnv {
+    /// Adds a source that reads an OMS queue (see [`OmsSourceConfig`](super::OmsSourceConfig)).
+    /// The settings are checked here; the queue is looked up when the job starts.
+    ///
+    /// # Errors
+    /// [`RuntimeError::InvalidConfig`] when a setting is wrong; the message says what to change.
+    pub fn add_oms_source<T: Data>(
+        &self,
+        config: OmsSourceConfig<T>,
+    ) -> Result<Stream<T>, RuntimeError> {
+        config.validate()?;
+        let batch_size = config.batch_size.unwrap_or(self.config().batch_size);
+        let parallelism = config.parallelism;
+        let name = config.operator_name().to_string();
+        let config = Arc::new(config);
+        let stream = self.add_source(&name, move |subtask| {
+            Box::new(OmsSource::new(config.clone(), subtask, batch_size)) as Box<dyn Source<T>>
+        });
+        Ok(match parallelism {
+            Some(p) => stream.with_parallelism(p),
+            None => stream,
+        })
+    }
+}
+
+/// The partitions of a queue that subtask `index` of `parallelism` reads: every
+/// `parallelism`-th of them, sorted by id, starting at the `index`-th.
+pub(crate) fn assigned_partitions(mut all: Vec<i32>, index: usize, parallelism: usize) -> Vec<i32> {
+    all.sort_unstable();
+    all.into_iter()
+        .enumerate()
+        .filter(|(position, _)| position % parallelism.max(1) == index)
+        .map(|(_, partition)| partition)
+        .collect()
+}
+
+/// One partition a subtask reads.
+#[derive(Debug)]
+struct PartitionCursor {
+    partition: i32,
+    reader: Box<dyn PartitionReader>,
+    /// The offset after the last message emitted (or skipped): what a checkpoint records.
+    position: i64,
+    /// Bounded sources stop here: the partition's next offset when the source opened.
+    end: Option<i64>,
+    /// The offset last committed to the group by this subtask.
+    committed: Option<i64>,
+}
+
+impl PartitionCursor {
+    /// How many messages to ask for: `None` once a bounded partition is read to its end.
+    fn room(&self, batch_size: usize) -> Option<usize> {
+        match self.end {
+            Some(end) if self.position >= end => None,
+            Some(end) => Some(batch_size.min((end - self.position) as usize)),
+            None => Some(batch_size),
+        }
+    }
+
+    /// The reader's position, never past a bounded end.
+    fn reader_position(&self) -> i64 {
+        let position = self.reader.position();
+        self.end.map_or(position, |end| position.min(end))
+    }
+}
+
+/// Records decoded from one read, not yet returned by `poll`: kept in the source so that a
+/// cancelled poll loses nothing.
+#[derive(Debug)]
+struct ReadyBatch<T> {
+    index: usize,
+    batch: Batch<T>,
+    /// The partition's position once the batch is emitted.
+    position: i64,
+    /// Dead letters to send before the batch is emitted.
+    dead: Vec<Message>,
+}
+
+/// The dead-letter queue and the producer that writes it.
+#[derive(Debug)]
+struct DeadLetterQueue {
+    queue: Arc<str>,
+    producer: Producer,
+}
+
+/// One subtask of an OMS source.
+pub(crate) struct OmsSource<T> {
+    config: Arc<OmsSourceConfig<T>>,
+    subtask: SubtaskInfo,
+    batch_size: usize,
+    consumer: Option<Arc<dyn StreamingConsumer>>,
+    dead_letters: Option<DeadLetterQueue>,
+    partitions: Vec<PartitionCursor>,
+    watermarks: PartitionWatermarks,
+    next_partition: usize,
+    ready: Option<ReadyBatch<T>>,
+    watermark_pending: bool,
+    /// Positions per checkpoint epoch, kept until the checkpoint completes (with a group).
+    snapshots: BTreeMap<u64, Vec<i64>>,
+    /// Set when this source failed, so that `close` does not commit.
+    failed: bool,
+}
+
+impl<T> std::fmt::Debug for OmsSource<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OmsSource")
+            .field("queue", &self.config.queue)
+            .field("subtask", &self.subtask)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl<T: Data> OmsSource<T> {
+    pub(crate) fn new(
+        config: Arc<OmsSourceConfig<T>>,
+        subtask: &SubtaskInfo,
+        batch_size: usize,
+    ) -> Self {
+        OmsSource {
+            watermarks: PartitionWatermarks::new(config.watermarks, 0, 0),
+            config,
+            subtask: subtask.clone(),
+            batch_size: batch_size.max(1),
+            consumer: None,
+            dead_letters: None,
+            partitions: Vec::new(),
+            next_partition: 0,
+            ready: None,
+            watermark_pending: false,
+            snapshots: BTreeMap::new(),
+            failed: false,
+        }
+    }
+
+    fn oms_error(
+        &self,
+        role: QueueRole,
+        action: impl Into<String>,
+    ) -> impl FnOnce(crate::oms::OmsError) -> ConnectorError {
+        let queue = match (role, &self.config.dead_letter) {
+            (QueueRole::DeadLetter, DeadLetter::Queue(dlq)) => dlq.as_str(),
+            _ => &self.config.queue,
+        };
+        ConnectorError::oms(queue, role, action)
+    }
+
+    /// Reads from the next partition that has messages, round robin; waits up to
+    /// [`POLL_WAIT`] when none has. `None` when nothing came.
+    ///
+    /// Cancel-safe as long as the readers' `poll_batch` is: nothing is read between the
+    /// awaits here and the return.
+    async fn read(&mut self) -> Result<Option<(usize, Vec<Message>)>, ConnectorError> {
+        let count = self.partitions.len();
+        let batch_size = self.batch_size;
+        // First take what is there already, starting after the partition read last, so that
+        // a busy partition does not starve the others.
+        for step in 0..count {
+            let index = (self.next_partition + step) % count;
+            let cursor = &mut self.partitions[index];
+            let Some(max) = cursor.room(batch_size) else {
+                continue;
+            };
+            let messages = cursor
+                .reader
+                .poll_batch(max, Duration::ZERO)
+                .await
+                .map_err(read_error(&self.config.queue, cursor.partition))?;
+            if !messages.is_empty() {
+                self.next_partition = (index + 1) % count;
+                return Ok(Some((index, messages)));
+            }
+            // Messages the reader passed over (expired ones) move the position too.
+            cursor.position = cursor.reader_position();
+        }
+        // Nothing anywhere: wait for the first partition that gets something.
+        let waits: Vec<_> = self
+            .partitions
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, cursor)| {
+                let max = cursor.room(batch_size)?;
+                let partition = cursor.partition;
+                let reader = &mut cursor.reader;
+                Some(
+                    async move { (index, partition, reader.poll_batch(max, POLL_WAIT).await) }
+                        .boxed(),
+                )
+            })
+            .collect();
+        if waits.is_empty() {
+            return Ok(None);
+        }
+        let ((index, partition, result), _, rest) = futures::future::select_all(waits).await;
+        drop(rest);
+        let messages = result.map_err(read_error(&self.config.queue, partition))?;
+        if messages.is_empty() {
+            let cursor = &mut self.partitions[index];
+            cursor.position = cursor.reader_position();
+            return Ok(None);
+        }
+        self.next_partition = (index + 1) % count;
+        Ok(Some((index, messages)))
+    }
+
+    /// Decodes what partition `index` returned into a batch ready to emit.
+    fn decode(&mut self, index: usize, messages: Vec<Message>, now: EventTime) -> ReadyBatch<T> {
+        let cursor = &self.partitions[index];
+        let end = cursor.end;
+        let origin = Origin {
+            queue: &self.config.queue,
+            partition: cursor.partition,
+            operator: &self.subtask.operator,
+        };
+        let mut batch = Vec::with_capacity(messages.len());
+        let mut dead = Vec::new();
+        let mut skipped = 0;
+        for message in messages {
+            if let (Some(end), Some(offset)) = (end, message.offset()) {
+                if offset >= end {
+                    break;
+                }
+            }
+            match self.config.decoder.decode(&message) {
+                Ok(value) => {
+                    let timestamp = self.config.event_time.of(&message, &value, now);
+                    self.watermarks.observe(index, timestamp, now);
+                    batch.push(Record::new(timestamp, value));
+                }
+                Err(reason) => {
+                    let reason = reason.to_string();
+                    match &self.dead_letters {
+                        Some(dlq) => dead.push(dead_letter(&dlq.queue, message, &reason, &origin)),
+                        None => {
+                            if skipped == 0 {
+                                tracing::warn!(
+                                    queue = origin.queue,
+                                    partition = origin.partition,
+                                    offset = message.offset(),
+                                    %reason,
+                                    "skipping a message that cannot be decoded"
+                                );
+                            }
+                            skipped += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.config.metrics.add_skipped(skipped);
+        ReadyBatch {
+            index,
+            batch,
+            position: cursor.reader_position(),
+            dead,
+        }
+    }
+
+    /// Sends the ready batch's dead letters. They are cleared only once stored, so a poll
+    /// cancelled during the send sends them again: dead letters are at-least-once.
+    async fn send_dead_letters(&mut self) -> Result<(), ConnectorError> {
+        let (Some(ready), Some(dlq)) = (self.ready.as_mut(), self.dead_letters.as_ref()) else {
+            return Ok(());
+        };
+        if ready.dead.is_empty() {
+            return Ok(());
+        }
+        let count = ready.dead.len();
+        // Bodies are shared bytes: the clone copies headers, not payloads.
+        dlq.producer
+            .send_batch(ready.dead.clone())
+            .await
+            .map_err(|source| ConnectorError::DeadLetter {
+                queue: dlq.queue.to_string(),
+                count,
+                source,
+            })?;
+        tracing::warn!(
+            queue = %self.config.queue,
+            dead_letter_queue = %dlq.queue,
+            count,
+            "sent messages that cannot be decoded to the dead-letter queue"
+        );
+        self.config.metrics.add_dead_lettered(count);
+        ready.dead.clear();
+        Ok(())
+    }
+
+    /// What to emit about time at `now`, if anything.
+    fn watermark_output(&mut self, now: EventTime) -> Option<SourceOutput<T>> {
+        match self.watermarks.current(now) {
+            WatermarkUpdate::Advanced(watermark) => Some(SourceOutput::Watermark(watermark)),
+            WatermarkUpdate::Idle => Some(SourceOutput::Idle),
+            WatermarkUpdate::Unchanged => None,
+        }
+    }
+
+    /// Whether a bounded source read every partition to its end.
+    fn finished(&self) -> bool {
+        self.config.bounded && self.partitions.iter().all(|c| c.room(1).is_none())
+    }
+
+    async fn poll_inner(&mut self, ctx: &SourceContext) -> Result<SourceOutput<T>, ConnectorError> {
+        if self.ready.is_none() {
+            let now = ctx.clock.now();
+            if std::mem::take(&mut self.watermark_pending) {
+                if let Some(output) = self.watermark_output(now) {
+                    return Ok(output);
+                }
+            }
+            if self.finished() {
+                return Ok(SourceOutput::Finished);
+            }
+            if self.partitions.is_empty() {
+                // An unbounded subtask with no partition: idle, and polled at a calm pace.
+                if let Some(output) = self.watermark_output(now) {
+                    return Ok(output);
+                }
+                tokio::time::sleep(POLL_WAIT).await;
+                return Ok(SourceOutput::NoData);
+            }
+            match self.read().await? {
+                Some((index, messages)) => {
+                    let ready = self.decode(index, messages, ctx.clock.now());
+                    self.ready = Some(ready);
+                }
+                None => {
+                    return Ok(self
+                        .watermark_output(ctx.clock.now())
+                        .unwrap_or(SourceOutput::NoData));
+                }
+            }
+        }
+        self.send_dead_letters().await?;
+        let Some(ready) = self.ready.take() else {
+            return Ok(SourceOutput::NoData);
+        };
+        self.partitions[ready.index].position = ready.position;
+        if ready.batch.is_empty() {
+            return Ok(SourceOutput::NoData);
+        }
+        self.config.metrics.add_records(ready.batch.len());
+        self.watermark_pending = true;
+        Ok(SourceOutput::Data(ready.batch))
+    }
+
+    /// Commits `positions` (one per cursor) to the group, skipping unchanged ones.
+    async fn commit(&mut self, positions: &[i64]) -> Result<(), ConnectorError> {
+        let Some(consumer) = self.consumer.clone() else {
+            return Ok(());
+        };
+        for (cursor, &position) in self.partitions.iter_mut().zip(positions) {
+            if cursor.committed == Some(position) {
+                continue;
+            }
+            consumer
+                .commit(&self.config.queue, cursor.partition, position)
+                .await
+                .map_err(ConnectorError::oms(
+                    &self.config.queue,
+                    QueueRole::Source,
+                    format!(
+                        "commit offset {position} of partition {} of",
+                        cursor.partition
+                    ),
+                ))?;
+            cursor.committed = Some(position);
+        }
+        Ok(())
+    }
+
+    fn positions(&self) -> Vec<i64> {
+        self.partitions.iter().map(|c| c.position).collect()
+    }
+}
+
+/// Where partition `partition` of the source's queue starts.
+async fn seek_position<T>(
+    config: &OmsSourceConfig<T>,
+    consumer: &dyn StreamingConsumer,
+    partition: i32,
+) -> Result<SeekPosition, ConnectorError> {
+    Ok(match &config.start {
+        StartPosition::Beginning => SeekPosition::Beginning,
+        StartPosition::End => SeekPosition::End,
+        StartPosition::Timestamp(t) => SeekPosition::Timestamp(*t),
+        StartPosition::Committed { fallback } => consumer
+            .committed(&config.queue, partition)
+            .await
+            .map_err(ConnectorError::oms(
+                &config.queue,
+                QueueRole::Source,
+                format!("read the committed offset of partition {partition} of"),
+            ))?
+            .map_or(fallback.seek(), SeekPosition::Offset),
+        StartPosition::Offsets { offsets, fallback } => offsets
+            .get(&partition)
+            .map_or(fallback.seek(), |o| SeekPosition::Offset(*o)),
+    })
+}
+
+fn read_error(queue: &str, partition: i32) -> impl FnOnce(crate::oms::OmsError) -> ConnectorError {
+    ConnectorError::oms(
+        queue,
+        QueueRole::Source,
+        format!("read partition {partition} of"),
+    )
+}
+
+#[async_trait]
+impl<T: Data> Source<T> for OmsSource<T> {
+    /// Connects, takes this subtask's share of the partitions and seeks each; for a bounded
+    /// source, notes each partition's end offset first.
+    async fn open(&mut self, ctx: &SourceContext) -> Result<(), BoxError> {
+        let config = self.config.clone();
+        let queue = config.queue.as_str();
+        let mut attributes = KeyValue::new();
+        if let Some(group) = &config.group {
+            attributes.put(keyvalue::CONSUMER_ID, group);
+        }
+        let consumer = config
+            .access_point
+            .create_streaming_consumer(attributes)
+            .await
+            .map_err(self.oms_error(QueueRole::Source, "create a streaming consumer for"))?;
+        consumer
+            .start()
+            .await
+            .map_err(self.oms_error(QueueRole::Source, "start a streaming consumer for"))?;
+        let all = consumer
+            .partitions(queue)
+            .await
+            .map_err(self.oms_error(QueueRole::Source, "list the partitions of"))?;
+        let mine = assigned_partitions(
+            all.into_iter().map(|p| p.partition_id).collect(),
+            self.subtask.index,
+            self.subtask.parallelism,
+        );
+        for &partition in &mine {
+            let end = if config.bounded {
+                let (_, end) =
+                    consumer
+                        .offset_range(queue, partition)
+                        .await
+                        .map_err(self.oms_error(
+                            QueueRole::Source,
+                            format!("read the end offset of partition {partition} of"),
+                        ))?;
+                Some(end)
+            } else {
+                None
+            };
+            let seek = seek_position(&config, consumer.as_ref(), partition).await?;
+            let reader = consumer.open(queue, partition, seek).await.map_err(
+                self.oms_error(QueueRole::Source, format!("open partition {partition} of")),
+            )?;
+            let position = reader.position();
+            self.partitions.push(PartitionCursor {
+                partition,
+                reader,
+                position,
+                end,
+                committed: None,
+            });
+        }
+        if let DeadLetter::Queue(dlq) = &config.dead_letter {
+            let resources = config
+                .access_point
+                .resource_manager()
+                .await
+                .map_err(self.oms_error(QueueRole::DeadLetter, "look up"))?;
+            resources
+                .describe_queue(dlq)
+                .await
+                .map_err(self.oms_error(QueueRole::DeadLetter, "look up"))?;
+            let producer = config
+                .access_point
+                .create_producer(KeyValue::new())
+                .await
+                .map_err(self.oms_error(QueueRole::DeadLetter, "create a producer for"))?;
+            producer
+                .start()
+                .await
+                .map_err(self.oms_error(QueueRole::DeadLetter, "start a producer for"))?;
+            self.dead_letters = Some(DeadLetterQueue {
+                queue: Arc::from(dlq.as_str()),
+                producer,
+            });
+        }
+        self.watermarks = PartitionWatermarks::new(config.watermarks, mine.len(), ctx.clock.now());
+        self.consumer = Some(consumer);
+        tracing::debug!(
+            task = %self.subtask.task_name(),
+            queue,
+            partitions = ?mine,
+            positions = ?self.positions(),
+            bounded = config.bounded,
+            "OMS source opened"
+        );
+        Ok(())
+    }
+
+    async fn poll(&mut self, ctx: &SourceContext) -> Result<SourceOutput<T>, BoxError> {
+        let output = self.poll_inner(ctx).await;
+        if output.is_err() {
+            self.failed = true;
+        }
+        Ok(output?)
+    }
+
+    async fn snapshot(&mut self, barrier: &CheckpointBarrier) -> Result<SourcePositions, BoxError> {
+        let positions = self.positions();
+        if self.config.commit_policy().is_some() {
+            self.snapshots.insert(barrier.epoch, positions.clone());
+        }
+        Ok(self
+            .partitions
+            .iter()
+            .zip(positions)
+            .map(|(cursor, position)| (self.config.queue.clone(), cursor.partition, position))
+            .collect())
+    }
+
+    /// Commits the positions of the latest snapshot at or before `epoch`. A failed commit is
+    /// logged, not fatal: the checkpoint holds the positions, and the next commit covers it.
+    async fn on_checkpoint_complete(&mut self, epoch: u64) -> Result<(), BoxError> {
+        let later = self.snapshots.split_off(&(epoch.saturating_add(1)));
+        let done = std::mem::replace(&mut self.snapshots, later);
+        if let Some((_, positions)) = done.into_iter().next_back() {
+            if let Err(err) = self.commit(&positions).await {
+                tracing::warn!(%err, epoch, "committing the positions of a completed checkpoint failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the positions reached, when the policy says so and the source did not fail
+    /// (a failed commit here is an error: there is no later chance), then disconnects.
+    async fn close(&mut self) -> Result<(), BoxError> {
+        let committed = if !self.failed
+            && self.config.commit_policy() == Some(CommitPolicy::OnCheckpointAndClose)
+        {
+            let positions = self.positions();
+            self.commit(&positions).await
+        } else {
+            Ok(())
+        };
+        if let Some(dlq) = &self.dead_letters {
+            if let Err(err) = dlq.producer.stop().await {
+                tracing::warn!(%err, "stopping the dead-letter producer failed");
+            }
+        }
+        if let Some(consumer) = &self.consumer {
+            if let Err(err) = consumer.stop().await {
+                tracing::warn!(%err, "stopping the streaming consumer failed");
+            }
+        }
+        Ok(committed?)
+    }
+}
