@@ -11,12 +11,18 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use omstream::core::connectors::{EventTimeFrom, OmsSinkConfig, OmsSourceConfig, StartPosition};
 use omstream::core::runtime::{BoxError, Sink, Source, SourceContext, SourceOutput, SubtaskInfo};
+use omstream::oms::{
+    self, embedded, KeyValue, Message, MessagingAccessPoint, QueueConfig, ServiceLifecycle,
+};
 use omstream::operators::prelude::*;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use tokio::time::MissedTickBehavior;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -319,6 +325,312 @@ fn hand_sliding(batches: &[Batch<Event>], size: i64, slide: i64) -> (u64, u64) {
     (hand.results, hand.checksum)
 }
 
+/// The engine's keyed window count on the same records: source -> key_by -> window -> sink.
+async fn engine_window(
+    batches: Vec<Batch<Event>>,
+    windows: TimeWindows,
+) -> BenchResult<(u64, u64)> {
+    let env = StreamEnv::new(JobConfig::named("window"));
+    let results = source_of(&env, batches)
+        .key_by(|e: &Event| e.key)
+        .window(windows)
+        .count();
+    let totals = totals_sink(&results, |w: &Windowed<u64, u64>| {
+        fold_result(w.key, w.window.start, w.value)
+    });
+    env.execute().await?;
+    Ok((
+        totals.records.load(Ordering::Relaxed),
+        totals.checksum.load(Ordering::Relaxed),
+    ))
+}
+
+/// Window cases: 100,000 keys, 1,000,000 records per second of event time (10 per key and
+/// second), in event-time order, a watermark after every batch.
+const WINDOW_KEYS: u64 = 100_000;
+const WINDOW_RECORDS_PER_MS: usize = 1_000;
+
+async fn windows_case(case: &str) -> BenchResult<f64> {
+    let n = scaled(10_000_000);
+    let (mut engine, mut hand) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let data = events(n, WINDOW_KEYS, WINDOW_RECORDS_PER_MS);
+        let started = Instant::now();
+        let (expected, windows) = if case == "tumbling" {
+            (
+                hand_tumbling(&data, 1_000),
+                TimeWindows::tumbling(Duration::from_secs(1)),
+            )
+        } else {
+            (
+                hand_sliding(&data, 10_000, 1_000),
+                TimeWindows::sliding(Duration::from_secs(10), Duration::from_secs(1)),
+            )
+        };
+        hand.push(n as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let got = engine_window(data, windows).await?;
+        engine.push(n as f64 / started.elapsed().as_secs_f64());
+        assert_eq!(got, expected, "engine and loop disagree ({case})");
+    }
+    let what = if case == "tumbling" {
+        "engine: keyed tumbling 1 s count, 100k keys"
+    } else {
+        "engine: keyed sliding 10 s / 1 s count, 100k keys"
+    };
+    let e = report(case, what, engine);
+    let h = report(case, "hand-written loop", hand);
+    println!(
+        "{case:<12} loop / engine = {:.2} (the engine is {:.2}x slower)",
+        h / e,
+        h / e
+    );
+    Ok(e)
+}
+
+// ---------------------------------------------------------------- end to end
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Order {
+    user: u64,
+    amount: u64,
+    time: i64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Total {
+    user: u64,
+    window_start: i64,
+    orders: u64,
+}
+
+/// The tumbling window job between embedded queues: JSON orders on a 4-partition queue (written
+/// before the clock starts) -> bounded OMS source (JSON decode, event time from the record) ->
+/// key_by user -> tumbling 1 s count -> JSON encode -> OMS sink on a 4-partition queue.
+async fn end_to_end() -> BenchResult<()> {
+    let n = scaled(2_000_000);
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let store = Store::new(&[("orders", 4), ("totals", 4)]).await?;
+        let producer = store.access_point.create_producer(KeyValue::new()).await?;
+        producer.start().await?;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            let batch = chunk
+                .iter()
+                .map(|&i| {
+                    let order = Order {
+                        user: (i as u64 * 7919) % WINDOW_KEYS,
+                        amount: (i % 100) as u64,
+                        time: (i / WINDOW_RECORDS_PER_MS) as i64,
+                    };
+                    let body = serde_json::to_vec(&order).expect("json");
+                    Message::new("orders", body).with_partition((i / 1000 % 4) as i32)
+                })
+                .collect();
+            producer.send_batch(batch).await?;
+        }
+        let env = StreamEnv::new(JobConfig::named("e2e"));
+        let source = env.add_oms_source(
+            OmsSourceConfig::<Order>::new(store.access_point.clone(), "orders")
+                .bounded(true)
+                .event_time(EventTimeFrom::extract(|o: &Order| o.time)),
+        )?;
+        let totals = source
+            .key_by(|o: &Order| o.user)
+            .window(TimeWindows::tumbling(Duration::from_secs(1)))
+            .count()
+            .map(|w: Windowed<u64, u64>| Total {
+                user: w.key,
+                window_start: w.window.start,
+                orders: w.value,
+            });
+        totals.add_oms_sink(
+            OmsSinkConfig::new(store.access_point.clone(), "totals")
+                .key(|t: &Total| t.user.to_string()),
+        )?;
+        let started = Instant::now();
+        let report = env.execute().await?;
+        runs.push(n as f64 / started.elapsed().as_secs_f64());
+        assert_eq!(
+            report.operator("orders").map(|o| o.records_out),
+            Some(n as u64)
+        );
+    }
+    report(
+        "e2e",
+        "queue -> JSON -> keyed tumbling count -> JSON -> queue",
+        runs,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- memory per key
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Generates `keys` records, one per key, all in one window, without holding them in memory.
+struct KeysSource {
+    next: u64,
+    keys: u64,
+}
+
+#[async_trait]
+impl Source<Event> for KeysSource {
+    async fn poll(&mut self, _: &SourceContext) -> Result<SourceOutput<Event>, BoxError> {
+        if self.next == self.keys {
+            return Ok(SourceOutput::Finished);
+        }
+        let end = (self.next + BATCH as u64).min(self.keys);
+        let batch = (self.next..end)
+            .map(|key| Record::new(0, Event { key, value: key }))
+            .collect();
+        self.next = end;
+        Ok(SourceOutput::Data(batch))
+    }
+}
+
+/// Memory held per key by a tumbling count window: resident memory when the window fires
+/// (all keys in state) minus before the job, divided by the keys.
+async fn memory() -> BenchResult<()> {
+    let keys = scaled(1_000_000) as u64;
+    let env = StreamEnv::new(JobConfig::named("memory"));
+    let results = env
+        .add_source("keys", move |_: &SubtaskInfo| {
+            Box::new(KeysSource { next: 0, keys }) as Box<dyn Source<Event>>
+        })
+        .key_by(|e: &Event| e.key)
+        .window(TimeWindows::tumbling(Duration::from_secs(1)))
+        .count();
+    let at_fire = Arc::new(AtomicU64::new(0));
+    let seen = at_fire.clone();
+    results.for_each(move |_: Record<Windowed<u64, u64>>| {
+        if seen.load(Ordering::Relaxed) == 0 {
+            seen.store(resident_bytes(), Ordering::Relaxed);
+        }
+    });
+    let before = resident_bytes();
+    env.execute().await?;
+    let held = at_fire.load(Ordering::Relaxed).saturating_sub(before);
+    println!(
+        "memory       tumbling count window, {keys} keys in state: {:.0} bytes per key (resident memory {:.1} MB at firing, over the baseline)",
+        held as f64 / keys as f64,
+        held as f64 / 1e6
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- latency
+
+/// The latency case's pace: `LATENCY_BATCH` messages every `LATENCY_TICK` (50,000 records/s).
+const LATENCY_BATCH: usize = 50;
+const LATENCY_TICK: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Ping {
+    /// Nanoseconds since the benchmark's start instant, taken right before the send.
+    sent_ns: u64,
+    user: u32,
+}
+
+/// A fresh embedded store in a temporary directory (deleted on drop).
+struct Store {
+    access_point: Arc<dyn MessagingAccessPoint>,
+    _dir: tempfile::TempDir,
+}
+
+impl Store {
+    async fn new(queues: &[(&str, u32)]) -> BenchResult<Self> {
+        let dir = tempfile::tempdir()?;
+        let attrs = KeyValue::new().with(embedded::EMBEDDED_DIR, dir.path().display());
+        let access_point = oms::connect("oms:embedded://localhost/bench", attrs).await?;
+        let manager = access_point.resource_manager().await?;
+        for (queue, partitions) in queues {
+            manager
+                .create_queue(queue, QueueConfig::with_partitions(*partitions))
+                .await?;
+        }
+        Ok(Store {
+            access_point,
+            _dir: dir,
+        })
+    }
+}
+
+/// A stateless job (OMS source -> JSON decode -> map -> filter -> sink) follows a queue that a
+/// producer task fills at 50,000 records/s; the sink records, per record, the time from right
+/// before `send_batch` to its arrival.
+async fn latency() -> BenchResult<()> {
+    let store = Store::new(&[("pings", 4)]).await?;
+    let seconds = (5.0 * scale()).max(0.5);
+    let start = Instant::now();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let env = StreamEnv::new(JobConfig::named("latency"));
+    let source = env.add_oms_source(
+        OmsSourceConfig::<Ping>::new(store.access_point.clone(), "pings").start(StartPosition::End),
+    )?;
+    let measured = source
+        .map(|p: Ping| (p.sent_ns, p.user % 10))
+        .filter(|(_, bucket)| *bucket < 10);
+    let sink_latencies = latencies.clone();
+    measured.for_each(move |r: Record<(u64, u32)>| {
+        let now = start.elapsed().as_nanos() as u64;
+        sink_latencies
+            .lock()
+            .unwrap()
+            .push(now.saturating_sub(r.value.0));
+    });
+    let job = env.spawn()?;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the source opens at End first
+
+    let producer = store.access_point.create_producer(KeyValue::new()).await?;
+    producer.start().await?;
+    let mut ticks = tokio::time::interval(LATENCY_TICK);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let total = (seconds * 1000.0) as usize;
+    for tick in 0..total {
+        ticks.tick().await;
+        let sent_ns = start.elapsed().as_nanos() as u64;
+        let batch = (0..LATENCY_BATCH)
+            .map(|i| {
+                let ping = Ping {
+                    sent_ns,
+                    user: (tick * LATENCY_BATCH + i) as u32,
+                };
+                Message::new("pings", serde_json::to_vec(&ping).expect("json"))
+            })
+            .collect();
+        producer.send_batch(batch).await?;
+    }
+    let expected = total * LATENCY_BATCH;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while latencies.lock().unwrap().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    job.stop();
+    job.join().await?;
+    let mut all = latencies.lock().unwrap().clone();
+    assert_eq!(all.len(), expected, "every record reached the sink");
+    all.sort_unstable();
+    let at = |q: f64| all[((all.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    println!(
+        "latency      send -> sink at 50,000 records/s ({expected} records): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    );
+    Ok(())
+}
+
 fn main() -> BenchResult<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -337,6 +649,29 @@ fn main() -> BenchResult<()> {
     runtime.block_on(async {
         if run("map_filter") {
             map_filter().await?;
+        }
+        let tumbling = if run("tumbling") || run("sliding") {
+            Some(windows_case("tumbling").await?)
+        } else {
+            None
+        };
+        if run("sliding") {
+            let sliding = windows_case("sliding").await?;
+            if let Some(tumbling) = tumbling {
+                println!(
+                    "sliding      sliding 10 s / 1 s costs {:.2}x the tumbling window",
+                    tumbling / sliding
+                );
+            }
+        }
+        if run("e2e") {
+            end_to_end().await?;
+        }
+        if run("memory") {
+            memory().await?;
+        }
+        if run("latency") {
+            latency().await?;
         }
         Ok(())
     })

@@ -1,27 +1,51 @@
-//! Quick start: a queue on the embedded driver, filled and read back.
+//! Quick start: a streaming job on the embedded driver — per-customer totals over tumbling
+//! 10-second windows, read from one queue and written back to another.
 //!
 //! ```sh
 //! cargo run --release --example quickstart
 //! ```
 //!
-//! It creates the queue `quickstart` (4 partitions) in the default embedded store, sends 100,000
-//! JSON order events keyed by customer, and reads them back as the consumer group `quickstart`,
-//! committing its offsets. Run it again: the queue keeps the old events and the group reads only
-//! the new ones. Inspect the queue with `omstream queue describe quickstart`.
+//! It creates the queues `orders` and `order-totals` (4 partitions each) in the default embedded
+//! store, sends 100,000 JSON orders keyed by customer (10 ms of event time apart), then runs a
+//! job that reads the new orders as the consumer group `quickstart`, keys them by customer,
+//! sums the amounts per 10-second window of event time and writes one JSON total per customer
+//! and window to `order-totals`. Run it again: new orders are sent and the group reads only
+//! those. Look at the output with `omstream consume order-totals --limit 5`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use omstream::oms::{
-    self, keyvalue, KeyValue, Message, OmsStatus, QueueConfig, SeekPosition, ServiceLifecycle,
+use omstream::core::connectors::{
+    EventTimeFrom, FallbackPosition, OmsSinkConfig, OmsSourceConfig, StartPosition,
 };
+use omstream::oms::{self, KeyValue, Message, OmsStatus, QueueConfig, ServiceLifecycle};
+use omstream::operators::prelude::*;
+use serde::{Deserialize, Serialize};
 
-const QUEUE: &str = "quickstart";
-const EVENTS: usize = 100_000;
+const ORDERS: usize = 100_000;
+const CUSTOMERS: usize = 500;
+
+/// What the shop writes to `orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    order: u64,
+    customer: String,
+    amount: u64,
+    /// When the order was placed, in ms since the epoch: the event time.
+    placed_at: i64,
+}
+
+/// What the job writes to `order-totals`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CustomerTotal {
+    customer: String,
+    window_start: i64,
+    window_end: i64,
+    amount: u64,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The default URL: the embedded driver, region `default`. Where its data lives is printed below.
+    // The default URL: the embedded driver, region `default`.
     let url = std::env::var("OMSTREAM_URL")
         .unwrap_or_else(|_| "oms:embedded://localhost/default".to_string());
     let ap = oms::connect(&url, KeyValue::new()).await?;
@@ -29,86 +53,81 @@ async fn main() -> anyhow::Result<()> {
         "connected to {url} (data in {})",
         oms::embedded::default_data_root().join("default").display()
     );
-
-    match ap
-        .resource_manager()
-        .await?
-        .create_queue(QUEUE, QueueConfig::with_partitions(4))
-        .await
-    {
-        Ok(()) => println!("created queue '{QUEUE}' with 4 partitions"),
-        Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {
-            println!("queue '{QUEUE}' exists; adding to it")
+    let queues = ap.resource_manager().await?;
+    for queue in ["orders", "order-totals"] {
+        match queues
+            .create_queue(queue, QueueConfig::with_partitions(4))
+            .await
+        {
+            Ok(()) => println!("created queue '{queue}' with 4 partitions"),
+            Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
 
-    // Produce: events keyed by customer, so each customer's events stay in order in one partition.
+    // The shop: orders keyed by customer, so each customer's orders stay in order.
     let producer = ap.create_producer(KeyValue::new()).await?;
     producer.start().await?;
-    let started = Instant::now();
-    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
+    let first_order_at = oms::now_millis();
+    for chunk in (0..ORDERS).collect::<Vec<_>>().chunks(1000) {
         let batch = chunk
             .iter()
-            .map(|i| {
-                let customer = format!("customer-{}", i % 500);
-                let body = format!(
-                    r#"{{"order":{i},"customer":"{customer}","amount":{}}}"#,
-                    (i * 37) % 1000
-                );
-                Message::new(QUEUE, body)
-                    .with_key(customer)
-                    .with_property("type", "order-created")
+            .map(|&i| {
+                let order = Order {
+                    order: i as u64,
+                    customer: format!("customer-{}", i % CUSTOMERS),
+                    amount: ((i * 37) % 1000) as u64,
+                    placed_at: first_order_at + i as i64 * 10,
+                };
+                let body = serde_json::to_vec(&order).expect("an order serializes");
+                Message::new("orders", body).with_key(order.customer)
             })
             .collect();
         producer.send_batch(batch).await?;
     }
-    let produce_secs = started.elapsed().as_secs_f64();
-    println!(
-        "sent {EVENTS} events in {produce_secs:.3}s ({:.0} msg/s)",
-        EVENTS as f64 / produce_secs
-    );
-
-    // Consume as a group: start at the committed offsets, read what is there, commit.
-    let consumer = ap
-        .create_streaming_consumer(KeyValue::new().with(keyvalue::CONSUMER_ID, "quickstart"))
-        .await?;
-    consumer.start().await?;
-    let started = Instant::now();
-    let mut per_partition = BTreeMap::new();
-    let mut amount_total: u64 = 0;
-    for part in consumer.partitions(QUEUE).await? {
-        let p = part.partition_id;
-        let from = consumer
-            .committed(QUEUE, p)
-            .await?
-            .map_or(SeekPosition::Beginning, SeekPosition::Offset);
-        let (_, end) = consumer.offset_range(QUEUE, p).await?;
-        let mut reader = consumer.open(QUEUE, p, from).await?;
-        let mut read = 0usize;
-        while reader.position() < end {
-            let batch = reader.poll_batch(10_000, Duration::from_secs(1)).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for m in &batch {
-                let event: serde_json::Value = serde_json::from_slice(&m.data)?;
-                amount_total += event["amount"].as_u64().unwrap_or(0);
-            }
-            read += batch.len();
-        }
-        consumer.commit(QUEUE, p, reader.position()).await?;
-        per_partition.insert(p, read);
-    }
-    let read: usize = per_partition.values().sum();
-    let consume_secs = started.elapsed().as_secs_f64();
-    println!("group 'quickstart' read {read} new events in {consume_secs:.3}s (JSON decoded; {:.0} msg/s)", read as f64 / consume_secs);
-    println!("per partition: {per_partition:?}; total amount {amount_total}");
-    let description = ap.resource_manager().await?.describe_queue(QUEUE).await?;
-    println!(
-        "queue '{QUEUE}' now holds {} events",
-        description.message_count()
-    );
     producer.stop().await?;
+    println!("sent {ORDERS} orders");
+
+    // The job: orders -> key by customer -> 10 s tumbling windows -> sum -> order-totals.
+    let env = StreamEnv::new(JobConfig::named("quickstart"));
+    let orders = env.add_oms_source(
+        OmsSourceConfig::<Order>::new(ap.clone(), "orders")
+            .group("quickstart")
+            .start(StartPosition::committed(FallbackPosition::Beginning))
+            .event_time(EventTimeFrom::extract(|o: &Order| o.placed_at))
+            .bounded(true),
+    )?;
+    let totals = orders
+        .key_by(|o: &Order| o.customer.clone())
+        .window(TimeWindows::tumbling(Duration::from_secs(10)))
+        .sum(|o: &Order| o.amount)
+        .map(|w: Windowed<String, u64>| CustomerTotal {
+            customer: w.key,
+            window_start: w.window.start,
+            window_end: w.window.end,
+            amount: w.value,
+        });
+    totals.add_oms_sink(
+        OmsSinkConfig::new(ap.clone(), "order-totals").key(|t: &CustomerTotal| t.customer.clone()),
+    )?;
+    let collected = totals.collect();
+
+    let started = Instant::now();
+    let report = env.execute().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let read = report.operator("orders").map_or(0, |o| o.records_out);
+    println!(
+        "job 'quickstart': {read} orders -> {} window totals in {seconds:.3}s ({:.0} orders/s)",
+        collected.len(),
+        read as f64 / seconds
+    );
+    let mut biggest = collected.values();
+    biggest.sort_by(|a, b| b.amount.cmp(&a.amount));
+    for total in biggest.iter().take(3) {
+        println!(
+            "  {} spent {} in [{}, {})",
+            total.customer, total.amount, total.window_start, total.window_end
+        );
+    }
     Ok(())
 }
