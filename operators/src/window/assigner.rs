@@ -31,9 +31,15 @@ impl TimeWindow {
         self.start <= timestamp && timestamp < self.end
     }
 
-    /// Whether the two windows overlap or touch (sessions merge then).
+    /// Whether the two windows overlap or touch.
     pub fn intersects(&self, other: &TimeWindow) -> bool {
         self.start <= other.end && other.start <= self.end
+    }
+
+    /// Whether the two windows share at least one millisecond (sessions merge then: two
+    /// records exactly a gap apart are in two sessions).
+    pub fn overlaps(&self, other: &TimeWindow) -> bool {
+        self.start < other.end && other.start < self.end
     }
 
     /// The smallest window covering both.
