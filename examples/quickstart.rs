@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         read as f64 / seconds
     );
     let mut biggest = collected.values();
-    biggest.sort_by(|a, b| b.amount.cmp(&a.amount));
+    biggest.sort_by_key(|t| std::cmp::Reverse(t.amount));
     for total in biggest.iter().take(3) {
         println!(
             "  {} spent {} in [{}, {})",

@@ -104,9 +104,10 @@ impl<I: 'static, O: 'static> OperatorLink<I, O> {
     /// Sends what the last hook emitted.
     async fn flush(&mut self) -> Result<()> {
         if self.ctx.has_output() {
-            let batch = self.ctx.take_output();
-            self.metrics.count_out(batch.len());
-            self.next.push(StreamElement::Data(batch)).await?;
+            for batch in self.ctx.take_output() {
+                self.metrics.count_out(batch.len());
+                self.next.push(StreamElement::Data(batch)).await?;
+            }
         }
         if let Some(watermark) = self.ctx.take_emitted_watermark() {
             if self.generates_watermarks && watermark > self.generated_watermark {

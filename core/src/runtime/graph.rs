@@ -223,6 +223,7 @@ impl StreamEnv {
                     let operator = factory(&info);
                     let mut op_ctx = OperatorContext::new(info, ctx.clock);
                     op_ctx.set_state_backend(ctx.config.state_backend.clone());
+                    op_ctx.set_max_batch(ctx.config.batch_size);
                     let next = output_chain(&mut outputs, index);
                     Box::new(OperatorLink::new(
                         operator,

@@ -100,6 +100,11 @@ pub trait Operator<I, O>: Send + 'static {
 #[derive(Debug)]
 pub struct OperatorContext<O> {
     output: Batch<O>,
+    /// Output batches already full: an operator that emits a lot from one hook (a window
+    /// firing 100,000 keys) sends batches of the job's size, which reuse the allocator's
+    /// memory, instead of one huge fresh vector.
+    full: Vec<Batch<O>>,
+    max_batch: usize,
     watermark: EventTime,
     wakeup: Option<EventTime>,
     emitted_watermark: Option<EventTime>,
@@ -113,6 +118,8 @@ impl<O> OperatorContext<O> {
     pub fn new(info: SubtaskInfo, clock: ProcessingClock) -> Self {
         OperatorContext {
             output: Vec::new(),
+            full: Vec::new(),
+            max_batch: usize::MAX,
             watermark: MIN_WATERMARK,
             wakeup: None,
             emitted_watermark: None,
@@ -125,13 +132,22 @@ impl<O> OperatorContext<O> {
     /// Emits one record with event time `timestamp`.
     #[inline]
     pub fn emit(&mut self, timestamp: EventTime, value: O) {
-        self.output.push(Record { timestamp, value });
+        self.emit_record(Record { timestamp, value });
     }
 
     /// Emits one record.
     #[inline]
     pub fn emit_record(&mut self, record: Record<O>) {
+        if self.output.len() >= self.max_batch {
+            self.spill();
+        }
         self.output.push(record);
+    }
+
+    #[cold]
+    fn spill(&mut self) {
+        let full = std::mem::replace(&mut self.output, Vec::with_capacity(self.max_batch));
+        self.full.push(full);
     }
 
     /// Emits a whole batch; when nothing else was emitted yet it is passed on without a copy.
@@ -143,7 +159,8 @@ impl<O> OperatorContext<O> {
         }
     }
 
-    /// The output buffer, for operators that fill it in place.
+    /// The output buffer, for operators that fill it in place (it is not split into batches
+    /// of the job's size; prefer [`emit`](Self::emit) for large outputs).
     pub fn output_mut(&mut self) -> &mut Batch<O> {
         &mut self.output
     }
@@ -210,12 +227,22 @@ impl<O> OperatorContext<O> {
         self.state_backend = backend;
     }
 
-    pub(crate) fn take_output(&mut self) -> Batch<O> {
-        std::mem::take(&mut self.output)
+    /// What was emitted since the last call, as batches in order.
+    pub(crate) fn take_output(&mut self) -> Vec<Batch<O>> {
+        let mut batches = std::mem::take(&mut self.full);
+        if !self.output.is_empty() {
+            batches.push(std::mem::take(&mut self.output));
+        }
+        batches
     }
 
     pub(crate) fn has_output(&self) -> bool {
-        !self.output.is_empty()
+        !self.output.is_empty() || !self.full.is_empty()
+    }
+
+    /// Splits emitted records into batches of at most `max_batch` (the job's batch size).
+    pub(crate) fn set_max_batch(&mut self, max_batch: usize) {
+        self.max_batch = max_batch.max(1);
     }
 
     pub(crate) fn set_watermark(&mut self, watermark: EventTime) {

@@ -3,56 +3,95 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
-use rustc_hash::FxHashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+
+use hashbrown::hash_table::{Entry, HashTable};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 
 use super::{ListState, MapState, ValueState};
 
-/// Value state in a hash map.
-#[derive(Debug)]
+/// Value state in a hash table of `(key, value)` pairs: a lookup hashes the key once and
+/// probes once, and a key is cloned only when it is inserted.
 pub struct HeapValueState<K, V> {
-    map: FxHashMap<K, V>,
+    table: HashTable<(K, V)>,
+}
+
+impl<K, V> fmt::Debug for HeapValueState<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeapValueState")
+            .field("len", &self.table.len())
+            .finish()
+    }
 }
 
 impl<K, V> Default for HeapValueState<K, V> {
     fn default() -> Self {
         HeapValueState {
-            map: FxHashMap::default(),
+            table: HashTable::new(),
         }
     }
 }
 
+#[inline]
+fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
 impl<K: Hash + Eq + Clone + Send, V: Send> ValueState<K, V> for HeapValueState<K, V> {
     fn get(&mut self, key: &K) -> Option<&V> {
-        self.map.get(key)
+        self.table
+            .find(hash_of(key), |(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.map.get_mut(key)
+        self.table
+            .find_mut(hash_of(key), |(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
+    #[inline]
     fn get_or_insert_with(&mut self, key: &K, init: &mut dyn FnMut() -> V) -> (&mut V, bool) {
-        // Look up first: the common case (key present) must not clone the key.
-        if self.map.contains_key(key) {
-            return (self.map.get_mut(key).expect("present"), false);
+        let entry = self
+            .table
+            .entry(hash_of(key), |(k, _)| k == key, |(k, _)| hash_of(k));
+        match entry {
+            Entry::Occupied(occupied) => (&mut occupied.into_mut().1, false),
+            Entry::Vacant(vacant) => (&mut vacant.insert((key.clone(), init())).into_mut().1, true),
         }
-        (self.map.entry(key.clone()).or_insert_with(init), true)
     }
 
     fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.map.insert(key, value)
+        let hash = hash_of(&key);
+        match self
+            .table
+            .entry(hash, |(k, _)| *k == key, |(k, _)| hash_of(k))
+        {
+            Entry::Occupied(mut occupied) => {
+                Some(std::mem::replace(&mut occupied.get_mut().1, value))
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert((key, value));
+                None
+            }
+        }
     }
 
     fn remove(&mut self, key: &K) -> Option<V> {
-        self.map.remove(key)
+        match self.table.find_entry(hash_of(key), |(k, _)| k == key) {
+            Ok(occupied) => Some(occupied.remove().0 .1),
+            Err(_) => None,
+        }
     }
 
     fn keys(&self) -> Vec<K> {
-        self.map.keys().cloned().collect()
+        self.table.iter().map(|(k, _)| k.clone()).collect()
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 }
 

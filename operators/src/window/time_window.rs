@@ -170,8 +170,6 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> 
                 drop_earlier: self.spec.lateness == 0,
             };
             let keys = self.fire.take_at(time);
-            // Most keys emit a result: size the output once rather than doubling it.
-            ctx.output_mut().reserve(keys.len());
             for key in keys {
                 self.fire_window(key, &firing, ctx);
             }
