@@ -15,7 +15,7 @@ use std::time::Duration;
 use omstream::core::connectors::{
     EventTimeFrom, FallbackPosition, OmsSinkConfig, OmsSourceConfig, StartPosition,
 };
-use omstream::oms::{self, KeyValue, Message, OmsStatus, QueueConfig, ServiceLifecycle};
+use omstream::oms::{self, KeyValue, Message, QueueConfig, ServiceLifecycle};
 use omstream::operators::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -48,13 +48,11 @@ async fn main() -> anyhow::Result<()> {
     let ap = oms::connect(&url, KeyValue::new()).await?;
     let queues = ap.resource_manager().await?;
     for queue in ["shop-orders", "shop-payments", "paid-orders"] {
-        match queues
-            .create_queue(queue, QueueConfig::with_partitions(4))
-            .await
+        if queues
+            .ensure_queue(queue, QueueConfig::with_partitions(4))
+            .await?
         {
-            Ok(()) => println!("created queue '{queue}'"),
-            Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {}
-            Err(e) => return Err(e.into()),
+            println!("created queue '{queue}'");
         }
     }
 

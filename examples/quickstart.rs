@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use omstream::core::connectors::{
     EventTimeFrom, FallbackPosition, OmsSinkConfig, OmsSourceConfig, StartPosition,
 };
-use omstream::oms::{self, KeyValue, Message, OmsStatus, QueueConfig, ServiceLifecycle};
+use omstream::oms::{self, KeyValue, Message, QueueConfig, ServiceLifecycle};
 use omstream::operators::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -55,13 +55,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let queues = ap.resource_manager().await?;
     for queue in ["orders", "order-totals"] {
-        match queues
-            .create_queue(queue, QueueConfig::with_partitions(4))
-            .await
+        if queues
+            .ensure_queue(queue, QueueConfig::with_partitions(4))
+            .await?
         {
-            Ok(()) => println!("created queue '{queue}' with 4 partitions"),
-            Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {}
-            Err(e) => return Err(e.into()),
+            println!("created queue '{queue}' with 4 partitions");
         }
     }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use omstream::core::connectors::{DeadLetter, Decoder, OmsSinkConfig, OmsSourceConfig};
-use omstream::oms::{self, KeyValue, Message, OmsStatus, QueueConfig, ServiceLifecycle};
+use omstream::oms::{self, KeyValue, Message, QueueConfig, ServiceLifecycle};
 use omstream::operators::prelude::*;
 use serde::Serialize;
 
@@ -37,13 +37,11 @@ async fn main() -> anyhow::Result<()> {
     let ap = oms::connect(&url, KeyValue::new()).await?;
     let queues = ap.resource_manager().await?;
     for queue in ["lines", "lines.dlq", "word-counts"] {
-        match queues
-            .create_queue(queue, QueueConfig::with_partitions(2))
-            .await
+        if queues
+            .ensure_queue(queue, QueueConfig::with_partitions(2))
+            .await?
         {
-            Ok(()) => println!("created queue '{queue}'"),
-            Err(e) if e.status() == OmsStatus::DESTINATION_ALREADY_EXISTS => {}
-            Err(e) => return Err(e.into()),
+            println!("created queue '{queue}'");
         }
     }
 

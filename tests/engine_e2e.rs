@@ -3,18 +3,17 @@
 //! compared with a naive recomputation. Late events go to their own queue.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+mod support;
+use support::{read_json, store, AccessPoint};
+
 use omstream::core::connectors::{EventTimeFrom, OmsSinkConfig, OmsSourceConfig};
-use omstream::oms::embedded::EMBEDDED_DIR;
-use omstream::oms::{
-    connect, KeyValue, Message, MessagingAccessPoint, QueueConfig, SeekPosition, ServiceLifecycle,
-};
+use omstream::oms::{KeyValue, Message, ServiceLifecycle};
 use omstream::operators::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,45 +29,6 @@ struct WindowTotal {
     start: i64,
     total: u64,
     update: bool,
-}
-
-type AccessPoint = Arc<dyn MessagingAccessPoint>;
-
-async fn store(queues: &[(&str, u32)]) -> (tempfile::TempDir, AccessPoint) {
-    let dir = tempfile::tempdir().unwrap();
-    let attrs = KeyValue::new().with(EMBEDDED_DIR, dir.path().display());
-    let ap = connect("oms:embedded://localhost/e2e", attrs)
-        .await
-        .unwrap();
-    let resources = ap.resource_manager().await.unwrap();
-    for (queue, partitions) in queues {
-        resources
-            .create_queue(queue, QueueConfig::with_partitions(*partitions))
-            .await
-            .unwrap();
-    }
-    (dir, ap)
-}
-
-/// Every message of a queue, decoded.
-async fn read_all<T: serde::de::DeserializeOwned>(ap: &AccessPoint, queue: &str) -> Vec<T> {
-    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
-    consumer.start().await.unwrap();
-    let mut all = Vec::new();
-    for partition in consumer.partitions(queue).await.unwrap() {
-        let id = partition.partition_id;
-        let (_, end) = consumer.offset_range(queue, id).await.unwrap();
-        let mut reader = consumer
-            .open(queue, id, SeekPosition::Beginning)
-            .await
-            .unwrap();
-        while reader.position() < end {
-            for message in reader.next_batch(1000).await.unwrap() {
-                all.push(serde_json::from_slice(&message.data).unwrap());
-            }
-        }
-    }
-    all
 }
 
 /// Readings of 8 sensors on 4 partitions (a sensor always on the same partition, as a keyed
@@ -175,8 +135,8 @@ async fn a_keyed_window_job_between_queues_matches_a_batch_recomputation() {
         produce(&ap, "readings", &input).await;
         run_job(&ap, parallelism).await;
 
-        let totals: Vec<WindowTotal> = read_all(&ap, "totals").await;
-        let late: Vec<Reading> = read_all(&ap, "late").await;
+        let totals: Vec<WindowTotal> = read_json(&ap, "totals").await;
+        let late: Vec<Reading> = read_json(&ap, "late").await;
         assert!(
             late.is_empty(),
             "disorder within the bound makes nothing late: {late:?}"
@@ -213,10 +173,10 @@ async fn readings_behind_the_watermark_go_to_the_late_queue_and_the_rest_is_exac
     // another, the watermark (their minimum) would lag, and "late" would depend on scheduling.
     run_job(&ap, 1).await;
 
-    let mut late: Vec<Reading> = read_all(&ap, "late").await;
+    let mut late: Vec<Reading> = read_json(&ap, "late").await;
     late.sort_by(|a, b| a.sensor.cmp(&b.sensor));
     assert_eq!(late, stragglers);
-    let totals: Vec<WindowTotal> = read_all(&ap, "totals").await;
+    let totals: Vec<WindowTotal> = read_json(&ap, "totals").await;
     let got: BTreeMap<(String, i64), u64> = totals
         .iter()
         .map(|t| ((t.sensor.clone(), t.start), t.total))

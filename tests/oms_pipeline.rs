@@ -4,21 +4,19 @@
 //! unbounded job stopped through its handle.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod support;
+use support::{read_queue, store, AccessPoint};
 
 use omstream::core::connectors::{
     DeadLetter, Decoder, EventTimeFrom, FallbackPosition, OmsSinkConfig, OmsSourceConfig,
     StartPosition, DLQ_OFFSET, DLQ_OPERATOR, DLQ_PARTITION, DLQ_QUEUE, DLQ_REASON,
 };
 use omstream::core::runtime::{JobConfig, Record, RuntimeError, StreamEnv};
-use omstream::oms::embedded::EMBEDDED_DIR;
-use omstream::oms::{
-    connect, now_millis, KeyValue, Message, MessagingAccessPoint, QueueConfig, SeekPosition,
-    ServiceLifecycle,
-};
+use omstream::oms::{now_millis, KeyValue, Message, ServiceLifecycle};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Order {
@@ -41,25 +39,6 @@ fn order(id: u32) -> Order {
     }
 }
 
-type AccessPoint = Arc<dyn MessagingAccessPoint>;
-
-/// A store in a temp dir with `queues` (name, partitions).
-async fn store(queues: &[(&str, u32)]) -> (tempfile::TempDir, AccessPoint) {
-    let dir = tempfile::tempdir().unwrap();
-    let attrs = KeyValue::new().with(EMBEDDED_DIR, dir.path().display());
-    let ap = connect("oms:embedded://localhost/pipeline", attrs)
-        .await
-        .unwrap();
-    let resources = ap.resource_manager().await.unwrap();
-    for (queue, partitions) in queues {
-        resources
-            .create_queue(queue, QueueConfig::with_partitions(*partitions))
-            .await
-            .unwrap();
-    }
-    (dir, ap)
-}
-
 /// Sends messages keyed by the user (so one user's orders share a partition, in order).
 async fn send_bodies(ap: &AccessPoint, queue: &str, bodies: Vec<(String, String)>) {
     let producer = ap.create_producer(KeyValue::new()).await.unwrap();
@@ -79,27 +58,6 @@ async fn send_orders(ap: &AccessPoint, queue: &str, ids: impl Iterator<Item = u3
         .map(|o| (o.user.clone(), serde_json::to_string(&o).unwrap()))
         .collect();
     send_bodies(ap, queue, bodies).await;
-}
-
-/// Every message of `queue`, per partition in offset order.
-async fn read_queue(ap: &AccessPoint, queue: &str) -> BTreeMap<i32, Vec<Message>> {
-    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
-    consumer.start().await.unwrap();
-    let mut out = BTreeMap::new();
-    for meta in consumer.partitions(queue).await.unwrap() {
-        let partition = meta.partition_id;
-        let (_, end) = consumer.offset_range(queue, partition).await.unwrap();
-        let mut reader = consumer
-            .open(queue, partition, SeekPosition::Beginning)
-            .await
-            .unwrap();
-        let mut messages = Vec::new();
-        while reader.position() < end {
-            messages.extend(reader.poll_batch(1000, Duration::ZERO).await.unwrap());
-        }
-        out.insert(partition, messages);
-    }
-    out
 }
 
 fn decode_all(messages: &BTreeMap<i32, Vec<Message>>) -> Vec<Order> {

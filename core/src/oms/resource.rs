@@ -142,6 +142,18 @@ pub trait ResourceManager: Send + Sync + fmt::Debug {
     async fn list_queues(&self, namespace: Option<&str>) -> Result<Vec<String>>;
     /// Describes a queue.
     async fn describe_queue(&self, queue: &str) -> Result<QueueDescription>;
+
+    /// Creates a queue unless it exists; true when it was created. An existing queue is kept
+    /// as it is, whatever `config` says.
+    async fn ensure_queue(&self, queue: &str, config: QueueConfig) -> Result<bool> {
+        match self.create_queue(queue, config).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.status() == super::error::OmsStatus::DESTINATION_ALREADY_EXISTS => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use omstream_core::state::{MapState, StateKey, StateValue};
 use super::bounds::IntervalBounds;
 use super::connect::{connect_keyed, KeyFn};
 use super::either::Either;
-use super::stats::{CountedKeyedStream, JoinStats};
+use super::stats::{JoinLeft, JoinStats};
 
 const NOT_STARTED: &str = "interval_join: used before on_start";
 
@@ -75,7 +75,7 @@ pub trait IntervalJoin<K, L> {
         F: Fn(&K, &L, &R) -> O + Send + Sync + 'static;
 }
 
-impl<K: StateKey, L: StateValue> IntervalJoin<K, L> for KeyedStream<K, L> {
+impl<K: StateKey, L: StateValue, S: JoinLeft<K, L>> IntervalJoin<K, L> for S {
     fn interval_join<R, O, F>(
         &self,
         right: &KeyedStream<K, R>,
@@ -87,23 +87,7 @@ impl<K: StateKey, L: StateValue> IntervalJoin<K, L> for KeyedStream<K, L> {
         O: Data,
         F: Fn(&K, &L, &R) -> O + Send + Sync + 'static,
     {
-        build(self, right, bounds, join, JoinStats::new())
-    }
-}
-
-impl<K: StateKey, L: StateValue> IntervalJoin<K, L> for CountedKeyedStream<K, L> {
-    fn interval_join<R, O, F>(
-        &self,
-        right: &KeyedStream<K, R>,
-        bounds: IntervalBounds,
-        join: F,
-    ) -> Stream<O>
-    where
-        R: StateValue,
-        O: Data,
-        F: Fn(&K, &L, &R) -> O + Send + Sync + 'static,
-    {
-        build(&self.keyed, right, bounds, join, self.stats.clone())
+        build(self.keyed(), right, bounds, join, self.stats())
     }
 }
 

@@ -32,7 +32,7 @@ mod window_join;
 pub use bounds::IntervalBounds;
 pub use either::Either;
 pub use interval_join::IntervalJoin;
-pub use stats::{CountedKeyedStream, JoinStats, WithJoinStats};
+pub use stats::{CountedKeyedStream, JoinLeft, JoinStats, WithJoinStats};
 pub use table_join::TableJoin;
 pub use window_join::WindowJoin;
 

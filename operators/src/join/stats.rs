@@ -88,6 +88,33 @@ impl<K, L> fmt::Debug for CountedKeyedStream<K, L> {
     }
 }
 
+/// The left input of a join: a [`KeyedStream`], or one with [`JoinStats`] attached. Every join
+/// trait is implemented once for all of them.
+pub trait JoinLeft<K, L> {
+    /// The keyed stream.
+    fn keyed(&self) -> &KeyedStream<K, L>;
+    /// The counters the join reports into (fresh, unread ones when none were attached).
+    fn stats(&self) -> JoinStats;
+}
+
+impl<K, L> JoinLeft<K, L> for KeyedStream<K, L> {
+    fn keyed(&self) -> &KeyedStream<K, L> {
+        self
+    }
+    fn stats(&self) -> JoinStats {
+        JoinStats::new()
+    }
+}
+
+impl<K, L> JoinLeft<K, L> for CountedKeyedStream<K, L> {
+    fn keyed(&self) -> &KeyedStream<K, L> {
+        &self.keyed
+    }
+    fn stats(&self) -> JoinStats {
+        self.stats.clone()
+    }
+}
+
 /// Counts what the joins of a stream drop.
 pub trait WithJoinStats<K, L> {
     /// This stream as the left input of joins that count their late records (of both

@@ -7,7 +7,7 @@ use omstream_core::state::{StateKey, StateValue};
 
 use super::connect::connect_keyed;
 use super::either::Either;
-use super::stats::{CountedKeyedStream, JoinStats};
+use super::stats::{JoinLeft, JoinStats};
 use super::temporal_join::TemporalJoinOperator;
 
 /// Joins a keyed stream with a table kept from a keyed stream of updates (latest value wins
@@ -126,35 +126,14 @@ pub trait TableJoin<K, L> {
         F: Fn(&K, &L, Option<&R>) -> Option<O> + Send + Sync + 'static;
 }
 
-impl<K: StateKey, L: StateValue> TableJoin<K, L> for KeyedStream<K, L> {
+impl<K: StateKey, L: StateValue, S: JoinLeft<K, L>> TableJoin<K, L> for S {
     fn join_table<R, O, F>(&self, table: &KeyedStream<K, R>, join: F) -> Stream<O>
     where
         R: StateValue,
         O: Data,
         F: Fn(&K, &L, Option<&R>) -> Option<O> + Send + Sync + 'static,
     {
-        build(self, table, Some, join, JoinStats::new())
-    }
-
-    fn join_table_updates<R, O, F>(&self, updates: &Stream<(K, Option<R>)>, join: F) -> Stream<O>
-    where
-        R: StateValue,
-        O: Data,
-        F: Fn(&K, &L, Option<&R>) -> Option<O> + Send + Sync + 'static,
-    {
-        let updates = updates.key_by(|(key, _): &(K, Option<R>)| key.clone());
-        build(self, &updates, |(_, value)| value, join, JoinStats::new())
-    }
-}
-
-impl<K: StateKey, L: StateValue> TableJoin<K, L> for CountedKeyedStream<K, L> {
-    fn join_table<R, O, F>(&self, table: &KeyedStream<K, R>, join: F) -> Stream<O>
-    where
-        R: StateValue,
-        O: Data,
-        F: Fn(&K, &L, Option<&R>) -> Option<O> + Send + Sync + 'static,
-    {
-        build(&self.keyed, table, Some, join, self.stats.clone())
+        build(self.keyed(), table, Some, join, self.stats())
     }
 
     fn join_table_updates<R, O, F>(&self, updates: &Stream<(K, Option<R>)>, join: F) -> Stream<O>
@@ -165,11 +144,11 @@ impl<K: StateKey, L: StateValue> TableJoin<K, L> for CountedKeyedStream<K, L> {
     {
         let updates = updates.key_by(|(key, _): &(K, Option<R>)| key.clone());
         build(
-            &self.keyed,
+            self.keyed(),
             &updates,
             |(_, value)| value,
             join,
-            self.stats.clone(),
+            self.stats(),
         )
     }
 }

@@ -10,7 +10,7 @@ use omstream_core::state::{MapState, StateKey, StateValue};
 
 use super::connect::{connect_keyed, KeyFn};
 use super::either::Either;
-use super::stats::{CountedKeyedStream, JoinStats};
+use super::stats::{JoinLeft, JoinStats};
 use crate::window::{TimeWindow, TimeWindows};
 
 const NOT_STARTED: &str = "window_join: used before on_start";
@@ -83,7 +83,7 @@ pub trait WindowJoin<K, L> {
         F: Fn(&K, &L, &R) -> O + Send + Sync + 'static;
 }
 
-impl<K: StateKey, L: StateValue> WindowJoin<K, L> for KeyedStream<K, L> {
+impl<K: StateKey, L: StateValue, S: JoinLeft<K, L>> WindowJoin<K, L> for S {
     fn window_join<R, O, F>(
         &self,
         right: &KeyedStream<K, R>,
@@ -95,23 +95,7 @@ impl<K: StateKey, L: StateValue> WindowJoin<K, L> for KeyedStream<K, L> {
         O: Data,
         F: Fn(&K, &L, &R) -> O + Send + Sync + 'static,
     {
-        build(self, right, windows, join, JoinStats::new())
-    }
-}
-
-impl<K: StateKey, L: StateValue> WindowJoin<K, L> for CountedKeyedStream<K, L> {
-    fn window_join<R, O, F>(
-        &self,
-        right: &KeyedStream<K, R>,
-        windows: TimeWindows,
-        join: F,
-    ) -> Stream<O>
-    where
-        R: StateValue,
-        O: Data,
-        F: Fn(&K, &L, &R) -> O + Send + Sync + 'static,
-    {
-        build(&self.keyed, right, windows, join, self.stats.clone())
+        build(self.keyed(), right, windows, join, self.stats())
     }
 }
 

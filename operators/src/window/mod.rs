@@ -41,6 +41,7 @@
 mod accumulators;
 mod aggregate;
 mod assigner;
+mod clocked;
 mod contents;
 mod count_window;
 mod full_window;

@@ -18,12 +18,13 @@
 use std::sync::Arc;
 
 use omstream_core::runtime::{
-    Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, TimerQueue, MAX_WATERMARK,
+    Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, TimerQueue,
 };
 use omstream_core::state::{StateKey, ValueState};
 use serde::{Deserialize, Serialize};
 
 use super::assigner::TimeWindow;
+use super::clocked::{self, Clocked};
 use super::contents::WindowContents;
 use super::output::{WindowEvent, WindowOutput};
 use super::spec::{is_placeable, WindowSpec};
@@ -214,7 +215,7 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> SessionOperator<K, T, C> {
         }
     }
 
-    fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
+    fn fire_due(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
         while let Some(time) = self.fire.next_time().filter(|t| *t <= now) {
             for key in self.fire.take_at(time) {
                 self.fire_key(key, now, ctx);
@@ -225,6 +226,22 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> SessionOperator<K, T, C> {
                 self.expire_key(key, now);
             }
         }
+    }
+}
+
+impl<K: StateKey, T: Data, C: WindowContents<K, T>> Clocked<WindowEvent<K, C::Out, T>>
+    for SessionOperator<K, T, C>
+{
+    fn is_processing_time(&self) -> bool {
+        self.spec.is_processing_time()
+    }
+
+    fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
+        self.fire_due(now, ctx);
+    }
+
+    fn next_fire(&self) -> Option<EventTime> {
+        self.fire.next_time()
     }
 }
 
@@ -255,36 +272,22 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
             let key = (self.key)(&record.value);
             self.add(key, time, record.value, now, ctx);
         }
-        if processing {
-            if let Some(next) = self.fire.next_time() {
-                ctx.request_wakeup(next);
-            }
-        }
+        clocked::request_next_wakeup(self, ctx);
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: EventTime, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
-        if !self.spec.is_processing_time() {
-            self.advance(watermark, ctx);
-        }
+        clocked::on_watermark(self, watermark, ctx);
         Ok(())
     }
 
     fn on_processing_time(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
-        if self.spec.is_processing_time() {
-            self.advance(now, ctx);
-            if let Some(next) = self.fire.next_time() {
-                ctx.request_wakeup(next);
-            }
-        }
+        clocked::on_processing_time(self, now, ctx);
         Ok(())
     }
 
-    /// Processing time: the input ended, so every open session fires now.
     fn on_end(&mut self, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
-        if self.spec.is_processing_time() {
-            self.advance(MAX_WATERMARK, ctx);
-        }
+        clocked::on_end(self, ctx);
         Ok(())
     }
 }

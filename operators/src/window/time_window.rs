@@ -16,10 +16,11 @@
 use std::sync::Arc;
 
 use omstream_core::runtime::{
-    Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, TimerQueue, MAX_WATERMARK,
+    Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, TimerQueue,
 };
 use omstream_core::state::StateKey;
 
+use super::clocked::{self, Clocked};
 use super::contents::{Firing, WindowContents};
 use super::key_timers::KeyTimers;
 use super::output::{WindowEvent, WindowOutput};
@@ -159,7 +160,7 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> 
     }
 
     /// Fires every window due at `now`, in time order, then drops what expired.
-    fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
+    fn fire_due(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
         while let Some(time) = self.fire.next_time().filter(|t| *t <= now) {
             let end = self.spec.end_at(time);
             let firing = Firing {
@@ -181,6 +182,22 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> 
                 self.contents.retain_from(&key, from);
             }
         }
+    }
+}
+
+impl<K: StateKey, T: Data, C: WindowContents<K, T>> Clocked<WindowEvent<K, C::Out, T>>
+    for TimeWindowOperator<K, T, C>
+{
+    fn is_processing_time(&self) -> bool {
+        self.spec.is_processing_time()
+    }
+
+    fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
+        self.fire_due(now, ctx);
+    }
+
+    fn next_fire(&self) -> Option<EventTime> {
+        self.fire.next_time()
     }
 }
 
@@ -234,36 +251,22 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
             }
             self.update_fired(&key, bounds.pane, created, now, ctx);
         }
-        if processing {
-            if let Some(next) = self.fire.next_time() {
-                ctx.request_wakeup(next);
-            }
-        }
+        clocked::request_next_wakeup(self, ctx);
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: EventTime, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
-        if !self.spec.is_processing_time() {
-            self.advance(watermark, ctx);
-        }
+        clocked::on_watermark(self, watermark, ctx);
         Ok(())
     }
 
     fn on_processing_time(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
-        if self.spec.is_processing_time() {
-            self.advance(now, ctx);
-            if let Some(next) = self.fire.next_time() {
-                ctx.request_wakeup(next);
-            }
-        }
+        clocked::on_processing_time(self, now, ctx);
         Ok(())
     }
 
-    /// Processing time: the input ended, so every open window fires now, complete or not.
     fn on_end(&mut self, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
-        if self.spec.is_processing_time() {
-            self.advance(MAX_WATERMARK, ctx);
-        }
+        clocked::on_end(self, ctx);
         Ok(())
     }
 }
