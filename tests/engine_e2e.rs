@@ -188,3 +188,64 @@ async fn readings_behind_the_watermark_go_to_the_late_queue_and_the_rest_is_exac
         .collect();
     assert_eq!(got, naive_totals(&on_time));
 }
+
+/// A live job on a two-partition queue where only partition 0 gets data: after the idle
+/// timeout, partition 1 no longer holds the watermark back, and windows fire while the job runs
+/// (without the timeout they would wait for partition 1 forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_does_not_stall_the_windows_of_a_running_job() {
+    let (_dir, ap) = store(&[("readings", 2)]).await;
+    let env = StreamEnv::new(JobConfig::named("idle"));
+    let results = env
+        .add_oms_source(
+            OmsSourceConfig::<Reading>::new(ap.clone(), "readings")
+                .event_time(EventTimeFrom::extract(|r: &Reading| r.at))
+                .watermarks(
+                    WatermarkStrategy::default()
+                        .with_idle_timeout(Some(Duration::from_millis(200))),
+                ),
+        )
+        .unwrap()
+        .key_by(|r: &Reading| r.sensor.clone())
+        .window(TimeWindows::tumbling(Duration::from_secs(1)))
+        .sum(|r: &Reading| r.value)
+        .collect();
+    let job = env.spawn().unwrap();
+
+    let readings: Vec<Vec<Reading>> = vec![
+        (0..30)
+            .map(|i| Reading {
+                sensor: "s".to_string(),
+                value: 1,
+                at: 1_000_000 + i * 100,
+            })
+            .collect(),
+        Vec::new(),
+    ];
+    produce(&ap, "readings", &readings).await;
+
+    // Readings span [1_000_000, 1_002_900]: windows starting at 1_000_000 and 1_001_000 are
+    // complete once the watermark passes 1_001_999, which needs partition 1 to be idle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while results.len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fired: Vec<(i64, u64)> = results
+        .values()
+        .into_iter()
+        .map(|w| (w.window.start, w.value))
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        vec![(1_000_000, 10), (1_001_000, 10)],
+        "the complete windows fired while the job ran"
+    );
+    job.stop();
+    tokio::time::timeout(Duration::from_secs(10), job.join())
+        .await
+        .expect("a stopped job drains")
+        .unwrap();
+    // Stopping ends the input with the final watermark: the last window fires too.
+    assert_eq!(results.len(), 3);
+}

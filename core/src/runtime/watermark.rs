@@ -11,7 +11,8 @@ use super::error::RuntimeError;
 /// one millisecond (a record exactly `out_of_orderness` late is still on time). A source subtask
 /// emits the minimum over its partitions; a partition that delivered nothing for `idle_timeout`
 /// is left out of that minimum until it delivers again, so a quiet partition does not stop
-/// every window of the job.
+/// every window of the job. When every partition is idle, the watermark advances to the highest
+/// partition watermark, then the subtask reports itself idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatermarkStrategy {
     /// How late (in event time) a record may arrive after a later one and still be on time.
@@ -140,11 +141,28 @@ impl PartitionWatermarks {
                 }
                 WatermarkUpdate::Unchanged
             }
-            None if !self.idle => {
-                self.idle = true;
-                WatermarkUpdate::Idle
+            None => {
+                // Every partition is idle, so none holds the watermark back; it may still go as
+                // far as the data of some partition justifies. Without this, a partition whose
+                // data stopped shortly after another partition went idle would never let the
+                // watermark reach its own records. The next call reports the idleness.
+                let highest = self
+                    .partitions
+                    .iter()
+                    .map(|clock| self.partition_watermark(clock))
+                    .max();
+                match highest {
+                    Some(watermark) if watermark > self.emitted => {
+                        self.emitted = watermark;
+                        WatermarkUpdate::Advanced(watermark)
+                    }
+                    _ if !self.idle => {
+                        self.idle = true;
+                        WatermarkUpdate::Idle
+                    }
+                    _ => WatermarkUpdate::Unchanged,
+                }
             }
-            None => WatermarkUpdate::Unchanged,
         }
     }
 
@@ -177,6 +195,20 @@ mod tests {
         assert_eq!(marks.current(5_001), WatermarkUpdate::Unchanged);
         marks.observe(1, 3_000, 5_002);
         assert_eq!(marks.current(5_002), WatermarkUpdate::Advanced(2_899));
+    }
+
+    #[test]
+    fn when_every_partition_idles_the_watermark_reaches_the_highest_one_first() {
+        let strategy =
+            WatermarkStrategy::default().with_idle_timeout(Some(Duration::from_millis(200)));
+        let mut marks = PartitionWatermarks::new(strategy, 2, 0);
+        // Partition 1 never delivers; partition 0 delivers once, then nothing.
+        marks.observe(0, 5_000, 10);
+        assert_eq!(marks.current(10), WatermarkUpdate::Unchanged);
+        // Both idle by the next look: partition 0's own watermark is still reached.
+        assert_eq!(marks.current(300), WatermarkUpdate::Advanced(4_999));
+        assert_eq!(marks.current(350), WatermarkUpdate::Idle);
+        assert_eq!(marks.current(400), WatermarkUpdate::Unchanged);
     }
 
     #[test]
