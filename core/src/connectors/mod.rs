@@ -11,7 +11,7 @@
 //!   the reason in its properties ([`DeadLetter`], [`DLQ_REASON`] and its siblings), or is
 //!   counted and skipped ([`SourceMetrics`]).
 //! - With a consumer group, the source commits its positions to the group when a checkpoint
-//!   completes and, by default, when it closes ([`CommitPolicy`]); a later run can start at
+//!   completes and, by default, when the job ends successfully ([`CommitPolicy`]); a later run can start at
 //!   [`StartPosition::Committed`].
 //! - [`Stream::add_oms_sink`](crate::runtime::Stream::add_oms_sink) writes records through a
 //!   [`Producer`](crate::oms::Producer), one batch send per batch, with the key and

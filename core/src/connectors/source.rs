@@ -122,7 +122,7 @@ pub(crate) struct OmsSource<T> {
     watermark_pending: bool,
     /// Positions per checkpoint epoch, kept until the checkpoint completes (with a group).
     snapshots: BTreeMap<u64, Vec<i64>>,
-    /// Set when this source failed, so that `close` does not commit.
+    /// Set when this source failed, so that the end of the job does not commit.
     failed: bool,
 }
 
@@ -559,17 +559,19 @@ impl<T: Data> Source<T> for OmsSource<T> {
         Ok(())
     }
 
-    /// Commits the positions reached, when the policy says so and the source did not fail
-    /// (a failed commit here is an error: there is no later chance), then disconnects.
-    async fn close(&mut self) -> Result<(), BoxError> {
-        let committed = if !self.failed
-            && self.config.commit_policy() == Some(CommitPolicy::OnCheckpointAndClose)
+    /// The job succeeded, so everything emitted was written: commit the positions reached,
+    /// when the policy says so (a failed commit here is an error: there is no later chance).
+    async fn on_job_success(&mut self) -> Result<(), BoxError> {
+        if !self.failed && self.config.commit_policy() == Some(CommitPolicy::OnCheckpointAndJobEnd)
         {
             let positions = self.positions();
-            self.commit(&positions).await
-        } else {
-            Ok(())
-        };
+            self.commit(&positions).await?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects.
+    async fn close(&mut self) -> Result<(), BoxError> {
         if let Some(dlq) = &self.dead_letters {
             if let Err(err) = dlq.producer.stop().await {
                 tracing::warn!(%err, "stopping the dead-letter producer failed");
@@ -580,6 +582,6 @@ impl<T: Data> Source<T> for OmsSource<T> {
                 tracing::warn!(%err, "stopping the streaming consumer failed");
             }
         }
-        Ok(committed?)
+        Ok(())
     }
 }

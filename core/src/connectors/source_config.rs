@@ -76,16 +76,14 @@ pub enum CommitPolicy {
     /// from the group's offsets then re-reads at most what came after the last checkpoint:
     /// at-least-once.
     OnCheckpoint,
-    /// As [`OnCheckpoint`](CommitPolicy::OnCheckpoint), and also when the source subtask
-    /// closes without an error of its own (a bounded source finished, or the job was stopped).
-    /// This is what lets a job without checkpoints resume where it ended (the default).
-    ///
-    /// The source cannot see whether the records it emitted last were written by the sinks:
-    /// if an operator downstream fails after the source ended, records can be committed and
-    /// not written. Jobs that need at-least-once through failures use checkpoints and
-    /// [`OnCheckpoint`](CommitPolicy::OnCheckpoint).
+    /// As [`OnCheckpoint`](CommitPolicy::OnCheckpoint), and also when the job ends
+    /// successfully: the source's input ended (a bounded source finished, or the job was
+    /// stopped) and every subtask then finished without error, so everything read was written
+    /// ([`Source::on_job_success`](crate::runtime::Source::on_job_success)). This is what lets
+    /// a job without checkpoints resume where it ended (the default). A job that fails commits
+    /// nothing at its end: its next run re-reads from the last commit (at-least-once).
     #[default]
-    OnCheckpointAndClose,
+    OnCheckpointAndJobEnd,
 }
 
 /// How an OMS source reads a queue. Build it, then add it with
@@ -209,7 +207,7 @@ impl<T> OmsSourceConfig<T> {
     }
 
     /// When to commit positions to the group (default with a group:
-    /// [`CommitPolicy::OnCheckpointAndClose`]). Needs [`group`](Self::group).
+    /// [`CommitPolicy::OnCheckpointAndJobEnd`]). Needs [`group`](Self::group).
     pub fn commit(mut self, policy: CommitPolicy) -> Self {
         self.commit = Some(policy);
         self

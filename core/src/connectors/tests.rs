@@ -1,5 +1,5 @@
 //! The OMS source driven by hand against the embedded driver: partition spreading, bounded
-//! ends, per-partition watermarks and idleness, commits on checkpoint and close, and polls
+//! ends, per-partition watermarks and idleness, commits on checkpoint and at the end of a successful job, and polls
 //! cancelled at any await.
 
 use std::sync::Arc;
@@ -218,7 +218,7 @@ async fn an_idle_partition_stops_holding_the_watermark_back_after_the_idle_timeo
 }
 
 #[tokio::test]
-async fn positions_are_committed_when_their_checkpoint_completes_and_on_close() {
+async fn positions_are_committed_when_their_checkpoint_completes_and_when_the_job_succeeds() {
     let (_dir, ap) = store(&[("q", 1)]).await;
     let messages: Vec<(i32, String)> = (0..10).map(|i| (0, i.to_string())).collect();
     send(&ap, "q", &messages).await;
@@ -257,15 +257,17 @@ async fn positions_are_committed_when_their_checkpoint_completes_and_on_close() 
     assert_eq!(offsets.committed("q", 0).await.unwrap(), Some(4));
     source.on_checkpoint_complete(2).await.unwrap();
     assert_eq!(offsets.committed("q", 0).await.unwrap(), Some(8));
-    // OnCheckpoint: closing commits nothing more.
+    // OnCheckpoint: the end of the job commits nothing more.
     poll_until(&mut source, &ctx, 10, |o| {
         matches!(o, SourceOutput::Data(_))
     })
     .await;
+    source.on_job_success().await.unwrap();
     source.close().await.unwrap();
     assert_eq!(offsets.committed("q", 0).await.unwrap(), Some(8));
 
-    // The default policy also commits on close; the next run starts there.
+    // The default policy also commits when the job succeeds (never on a bare close: a failed
+    // job must not commit what it may not have written); the next run starts there.
     let config = OmsSourceConfig::<u32>::new(ap.clone(), "q")
         .group("g")
         .start(StartPosition::committed(FallbackPosition::Beginning))
@@ -276,6 +278,19 @@ async fn positions_are_committed_when_their_checkpoint_completes_and_on_close() 
         records.iter().map(|r| r.value).collect::<Vec<_>>(),
         vec![8, 9]
     );
+    source.close().await.unwrap();
+    assert_eq!(offsets.committed("q", 0).await.unwrap(), Some(8));
+    let mut source = opened(
+        OmsSourceConfig::<u32>::new(ap.clone(), "q")
+            .group("g")
+            .start(StartPosition::committed(FallbackPosition::Beginning))
+            .bounded(true),
+        &ctx,
+    )
+    .await;
+    let (records, _) = drain(&mut source, &ctx).await;
+    assert_eq!(records.len(), 2, "nothing was committed: read again");
+    source.on_job_success().await.unwrap();
     source.close().await.unwrap();
     assert_eq!(offsets.committed("q", 0).await.unwrap(), Some(10));
 }

@@ -23,7 +23,7 @@ use super::gate::InputGate;
 use super::operator::{Operator, OperatorContext, SubtaskInfo};
 use super::partition::{stable_hash, Partitioning};
 use super::sink::{Sink, SinkLink};
-use super::source::{run_source, Source, SourceCommand, SourceContext};
+use super::source::{run_source, JobEnd, Source, SourceCommand, SourceContext};
 use super::task::run_operator;
 
 /// What a record type must be to travel a job: sent between tasks, and cloned when one stream
@@ -64,6 +64,7 @@ pub(crate) struct BuildContext {
     pub(crate) tasks: Vec<(String, BoxFuture<'static, Result<()>>)>,
     pub(crate) source_commands: Vec<mpsc::UnboundedSender<SourceCommand>>,
     pub(crate) config: JobConfig,
+    pub(crate) job_end: JobEnd,
 }
 
 /// The environment a job is built in: create sources here, transform the streams they return,
@@ -175,6 +176,7 @@ impl StreamEnv {
                     receiver,
                     ctx.stop.clone(),
                     node_metrics.clone(),
+                    ctx.job_end.clone(),
                 );
                 ctx.tasks.push((info.task_name(), task.boxed()));
             }
@@ -255,6 +257,7 @@ impl StreamEnv {
         &self,
         clock: ProcessingClock,
         stop: watch::Receiver<bool>,
+        job_end: JobEnd,
     ) -> Result<BuildContext> {
         let (nodes, config) = {
             let mut graph = self.lock();
@@ -279,6 +282,7 @@ impl StreamEnv {
             tasks: Vec::new(),
             source_commands: Vec::new(),
             config,
+            job_end,
         };
         for node in nodes.into_iter().rev() {
             (node.build)(&mut ctx)?;

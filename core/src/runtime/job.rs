@@ -1,11 +1,11 @@
 //! Running a job: spawn its subtasks, wait for them, stop them, report.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
 use super::chain::{panic_message, OperatorMetrics};
@@ -13,7 +13,7 @@ use super::clock::ProcessingClock;
 use super::element::CheckpointBarrier;
 use super::error::{Result, RuntimeError};
 use super::graph::StreamEnv;
-use super::source::SourceCommand;
+use super::source::{JobEnd, SourceCommand};
 
 /// Records counted at one operator over a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,9 @@ pub struct JobHandle {
     metrics: Vec<(String, Arc<OperatorMetrics>)>,
     started: std::time::Instant,
     clock: ProcessingClock,
+    sources_ended: Arc<AtomicUsize>,
+    source_ended_notify: Arc<Notify>,
+    succeeded: watch::Sender<bool>,
 }
 
 impl StreamEnv {
@@ -59,7 +62,15 @@ impl StreamEnv {
     pub fn spawn(&self) -> Result<JobHandle> {
         let clock = ProcessingClock::start();
         let (stop, stop_receiver) = watch::channel(false);
-        let built = self.build(clock, stop_receiver)?;
+        let (succeeded, succeeded_receiver) = watch::channel(false);
+        let job_end = JobEnd {
+            sources_ended: Arc::new(AtomicUsize::new(0)),
+            notify: Arc::new(Notify::new()),
+            succeeded: succeeded_receiver,
+        };
+        let (sources_ended, source_ended_notify) =
+            (job_end.sources_ended.clone(), job_end.notify.clone());
+        let built = self.build(clock, stop_receiver, job_end)?;
         let metrics = self.lock().metrics.clone();
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
@@ -76,6 +87,9 @@ impl StreamEnv {
             metrics,
             started: std::time::Instant::now(),
             clock,
+            sources_ended,
+            source_ended_notify,
+            succeeded,
         })
     }
 
@@ -125,9 +139,29 @@ impl JobHandle {
     /// error that is a cause (not the echo of a closed channel) is returned.
     pub async fn join(mut self) -> Result<JobReport> {
         let mut errors: Vec<RuntimeError> = Vec::new();
-        while let Some(joined) = self.tasks.join_next_with_id().await {
+        let sources = self.source_commands.len();
+        let others = self.tasks.len() - sources;
+        let mut finished = 0usize;
+        loop {
+            // Every source's input ended and every other subtask finished: what the sources
+            // emitted is written, so they may commit (`Source::on_job_success`) and end.
+            if errors.is_empty()
+                && !*self.succeeded.borrow()
+                && finished == others
+                && self.sources_ended.load(AtomicOrdering::SeqCst) == sources
+            {
+                let _ = self.succeeded.send(true);
+            }
+            let joined = tokio::select! {
+                joined = self.tasks.join_next_with_id() => joined,
+                _ = self.source_ended_notify.notified() => continue,
+            };
+            let Some(joined) = joined else { break };
             let error = match joined {
-                Ok((_, Ok(()))) => continue,
+                Ok((_, Ok(()))) => {
+                    finished += 1;
+                    continue;
+                }
                 Ok((_, Err(error))) => error,
                 Err(join_error) => {
                     let task = self

@@ -75,10 +75,30 @@ pub trait Source<T>: Send + 'static {
         Ok(())
     }
 
-    /// Called once when the subtask stops, normally or not.
+    /// Called once the source's input ended (it finished, or the job was stopped) and every
+    /// subtask of the job then finished without error: everything the source emitted has been
+    /// written by the sinks. A source commits its final positions here. Not called when the job
+    /// fails or is aborted.
+    async fn on_job_success(&mut self) -> std::result::Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Called once when the subtask stops, normally or not (not when it is aborted).
     async fn close(&mut self) -> std::result::Result<(), BoxError> {
         Ok(())
     }
+}
+
+/// How source subtasks learn that the whole job succeeded: each reports when its input has
+/// ended, and waits for the job handle to say every other subtask finished without error.
+#[derive(Debug, Clone)]
+pub(crate) struct JobEnd {
+    /// Source subtasks whose input has ended.
+    pub(crate) sources_ended: Arc<std::sync::atomic::AtomicUsize>,
+    /// Wakes the job handle when a source's input ended.
+    pub(crate) notify: Arc<tokio::sync::Notify>,
+    /// Becomes true when every other subtask finished without error.
+    pub(crate) succeeded: watch::Receiver<bool>,
 }
 
 /// Commands a running source subtask takes between polls.
@@ -98,6 +118,7 @@ pub(crate) async fn run_source<T: Send + 'static>(
     mut commands: mpsc::UnboundedReceiver<SourceCommand>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<OperatorMetrics>,
+    mut job_end: JobEnd,
 ) -> Result<()> {
     let task = ctx.subtask.task_name();
     let fail = |e: BoxError| RuntimeError::task(&task, e);
@@ -146,6 +167,18 @@ pub(crate) async fn run_source<T: Send + 'static>(
         }
     }
     .await;
+    let result = match result {
+        Ok(()) => {
+            job_end
+                .sources_ended
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            job_end.notify.notify_one();
+            // The job handle aborts this task if any subtask fails instead.
+            let _ = job_end.succeeded.wait_for(|succeeded| *succeeded).await;
+            source.on_job_success().await.map_err(fail)
+        }
+        Err(error) => Err(error),
+    };
     let closed = source.close().await.map_err(fail);
     result.and(closed)
 }

@@ -311,3 +311,79 @@ async fn stop_drains_an_unbounded_job_and_barriers_flow_through() {
     );
     assert!(values.iter().any(|v| *v == format!("wm {MAX_WATERMARK}")));
 }
+
+/// Counts `on_job_success` calls; emits `0..n` then finishes.
+struct Counting {
+    next: i64,
+    n: i64,
+    successes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Source<i64> for Counting {
+    async fn poll(&mut self, _: &SourceContext) -> Result<SourceOutput<i64>, BoxError> {
+        if self.next == self.n {
+            return Ok(SourceOutput::Finished);
+        }
+        self.next += 1;
+        Ok(SourceOutput::Data(vec![Record::new(0, self.next - 1)]))
+    }
+
+    async fn on_job_success(&mut self) -> Result<(), BoxError> {
+        self.successes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn sources_hear_of_success_only_when_every_subtask_finished_without_error() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    for fail_at in [None, Some(99)] {
+        let successes = Arc::new(AtomicUsize::new(0));
+        let env = StreamEnv::new(JobConfig::named("t").with_parallelism(2));
+        let shared = successes.clone();
+        let numbers = env.add_source("counting", move |_| {
+            Box::new(Counting {
+                next: 0,
+                n: 100,
+                successes: shared.clone(),
+            }) as Box<dyn Source<i64>>
+        });
+        // The failure (at the last record) happens downstream, in another task, typically after
+        // the sources ended.
+        numbers
+            .transform(
+                "maybe-fail",
+                Partitioning::Rebalance,
+                move |_: &SubtaskInfo| {
+                    Box::new(FailAt(fail_at.unwrap_or(-1))) as Box<dyn Operator<i64, i64>>
+                },
+            )
+            .with_parallelism(1)
+            .collect();
+        let result = tokio::time::timeout(Duration::from_secs(10), env.execute())
+            .await
+            .expect("no hang");
+        match fail_at {
+            None => {
+                result.unwrap();
+                assert_eq!(
+                    successes.load(Ordering::SeqCst),
+                    2,
+                    "each source subtask once"
+                );
+            }
+            Some(_) => {
+                result.unwrap_err();
+                assert_eq!(
+                    successes.load(Ordering::SeqCst),
+                    0,
+                    "a failed job commits nothing"
+                );
+            }
+        }
+    }
+}
