@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# A RocketMQ name server and broker (rocketmq-rust 1.0.0) on 127.0.0.1, for the RocketMQ driver's
+# tests and for trying omstream against RocketMQ by hand.
+#
+#   scripts/rocketmq.sh install   build the two binaries unless present (about 20 min the first
+#                                 time on 2 cores; the build directory is kept, so later installs
+#                                 are quick)
+#   scripts/rocketmq.sh start     install if missing, then start both with a data directory of
+#                                 their own; waits until the broker has registered
+#   scripts/rocketmq.sh stop      stops exactly the processes `start` started (pid files)
+#   scripts/rocketmq.sh status
+#
+# Settings (environment):
+#   OMSTREAM_TOOLS  where binaries and their build directory go (default ~/.cache/omstream/tools)
+#   ROCKETMQ_RUN    the data, config, log and pid directory (default $OMSTREAM_TOOLS/rocketmq-run)
+#   ROCKETMQ_NAMESRV_PORT (9876), ROCKETMQ_BROKER_PORT (10911)
+#
+# The broker config shrinks the store (64 MiB commit-log files, small consume queues and index):
+# with the defaults, a test run writes about 1.5 GB (see shared/brokers.md, section 1).
+set -euo pipefail
+
+VERSION=1.0.0
+TOOLS="${OMSTREAM_TOOLS:-$HOME/.cache/omstream/tools}"
+RUN="${ROCKETMQ_RUN:-$TOOLS/rocketmq-run}"
+NAMESRV_PORT="${ROCKETMQ_NAMESRV_PORT:-9876}"
+BROKER_PORT="${ROCKETMQ_BROKER_PORT:-10911}"
+NAMESRV_BIN="$TOOLS/bin/rocketmq-namesrv-rust"
+BROKER_BIN="$TOOLS/bin/rocketmq-broker-rust"
+
+say() { echo "rocketmq.sh: $*" >&2; }
+
+install() {
+    if [[ -x "$NAMESRV_BIN" && -x "$BROKER_BIN" ]]; then
+        say "binaries present in $TOOLS/bin"
+        return
+    fi
+    say "building rocketmq-namesrv and rocketmq-broker $VERSION into $TOOLS (about 20 minutes the first time)"
+    mkdir -p "$TOOLS"
+    # One target directory for both crates (shared dependencies compile once), kept for later.
+    CARGO_TARGET_DIR="$TOOLS/target" cargo install --locked --root "$TOOLS" \
+        rocketmq-namesrv@"$VERSION" rocketmq-broker@"$VERSION"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 what=$2
+    for _ in $(seq 1 100); do
+        if port_open "$port"; then return 0; fi
+        sleep 0.1
+    done
+    say "$what did not open 127.0.0.1:$port within 10 s; see $RUN/$what.log"
+    exit 1
+}
+
+running() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start() {
+    install
+    if running namesrv || running broker; then
+        say "already running (pids in $RUN); stop it first"
+        exit 1
+    fi
+    for port in "$NAMESRV_PORT" "$BROKER_PORT"; do
+        if port_open "$port"; then
+            say "port $port on 127.0.0.1 is taken by another process; set ROCKETMQ_NAMESRV_PORT / ROCKETMQ_BROKER_PORT"
+            exit 1
+        fi
+    done
+    mkdir -p "$RUN/home/conf" "$RUN/store"
+    export ROCKETMQ_HOME="$RUN/home"
+    cat > "$ROCKETMQ_HOME/conf/broker.toml" <<TOML
+[broker]
+namesrvAddr = "127.0.0.1:$NAMESRV_PORT"
+brokerIp1 = "127.0.0.1"
+listenPort = $BROKER_PORT
+storePathRootDir = "$RUN/store"
+
+[broker.brokerServerConfig]
+bindAddress = "127.0.0.1"
+
+[broker.brokerIdentity]
+brokerName = "broker-a"
+brokerClusterName = "DefaultCluster"
+brokerId = 0
+
+[store]
+storeType = "LocalFile"
+brokerRole = "ASYNC_MASTER"
+storePathRootDir = "$RUN/store"
+haListenAddress = "127.0.0.1"
+haListenPort = $((BROKER_PORT + 1))
+mappedFileSizeCommitLog = 67108864
+mappedFileSizeConsumeQueue = 60000
+maxHashSlotNum = 10000
+maxIndexNum = 40000
+TOML
+    "$NAMESRV_BIN" --bindAddress 127.0.0.1 --listenPort "$NAMESRV_PORT" \
+        --rocketmqHome "$ROCKETMQ_HOME" --kvConfigPath "$ROCKETMQ_HOME/namesrv/kvConfig.json" \
+        > "$RUN/namesrv.log" 2>&1 &
+    echo $! > "$RUN/namesrv.pid"
+    wait_port "$NAMESRV_PORT" namesrv
+    ROCKETMQ_SECURITY_PROFILE=development-insecure-loopback \
+        "$BROKER_BIN" -c "$ROCKETMQ_HOME/conf/broker.toml" -n "127.0.0.1:$NAMESRV_PORT" \
+        > "$RUN/broker.log" 2>&1 &
+    echo $! > "$RUN/broker.pid"
+    wait_port "$BROKER_PORT" broker
+    # Clients work about a second after the broker registered with the name server.
+    sleep 1
+    say "name server 127.0.0.1:$NAMESRV_PORT, broker 127.0.0.1:$BROKER_PORT, data in $RUN"
+}
+
+stop_one() {
+    local name=$1
+    if ! running "$name"; then
+        rm -f "$RUN/$name.pid"
+        return
+    fi
+    local pid
+    pid=$(cat "$RUN/$name.pid")
+    kill -TERM "$pid"
+    # The broker needs about 4 s to exit cleanly; after 15 s it is killed.
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$name (pid $pid) did not stop within 15 s of SIGTERM; killing it"
+        kill -KILL "$pid"
+    fi
+    rm -f "$RUN/$name.pid"
+}
+
+stop() {
+    stop_one broker
+    stop_one namesrv
+    say "stopped"
+}
+
+status() {
+    for name in namesrv broker; do
+        if running "$name"; then echo "$name running (pid $(cat "$RUN/$name.pid"))"; else echo "$name stopped"; fi
+    done
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) say "usage: scripts/rocketmq.sh install|start|stop|status"; exit 2 ;;
+esac
