@@ -47,11 +47,7 @@ async fn send(ap: &Arc<dyn MessagingAccessPoint>, queue: &str, messages: &[(i32,
 
 fn context(index: usize, parallelism: usize) -> SourceContext {
     SourceContext {
-        subtask: SubtaskInfo {
-            operator: "src".to_string(),
-            index,
-            parallelism,
-        },
+        subtask: SubtaskInfo::new("src", index, parallelism),
         clock: ProcessingClock::start(),
     }
 }

@@ -21,7 +21,7 @@ use super::element::StreamElement;
 use super::error::{Result, RuntimeError};
 use super::gate::InputGate;
 use super::operator::{Operator, OperatorContext, SubtaskInfo};
-use super::partition::{stable_hash, Partitioning};
+use super::partition::Partitioning;
 use super::sink::{Sink, SinkLink};
 use super::source::{run_source, JobEnd, Source, SourceCommand, SourceContext};
 use super::task::run_operator;
@@ -156,11 +156,7 @@ impl StreamEnv {
             validate_parallelism(&node_name, parallelism)?;
             let mut outputs = take_outputs(&node_port, &node_name)?;
             for index in 0..parallelism {
-                let info = SubtaskInfo {
-                    operator: node_name.clone(),
-                    index,
-                    parallelism,
-                };
+                let info = SubtaskInfo::new(node_name.as_str(), index, parallelism);
                 let chain = output_chain(&mut outputs, index);
                 let source = factory(&info);
                 let (commands, receiver) = mpsc::unbounded_channel();
@@ -217,11 +213,7 @@ impl StreamEnv {
             let mut outputs = take_outputs(&node_port, &node_name)?;
             let links = (0..parallelism)
                 .map(|index| {
-                    let info = SubtaskInfo {
-                        operator: node_name.clone(),
-                        index,
-                        parallelism,
-                    };
+                    let info = SubtaskInfo::new(node_name.as_str(), index, parallelism);
                     let operator = factory(&info);
                     let mut op_ctx = OperatorContext::new(info, ctx.clock);
                     op_ctx.set_state_backend(ctx.config.state_backend.clone());
@@ -405,11 +397,7 @@ impl<T: Data> Stream<T> {
             validate_parallelism(&node_name, parallelism)?;
             let links = (0..parallelism)
                 .map(|index| {
-                    let info = SubtaskInfo {
-                        operator: node_name.clone(),
-                        index,
-                        parallelism,
-                    };
+                    let info = SubtaskInfo::new(node_name.as_str(), index, parallelism);
                     let sink = factory(&info);
                     Box::new(SinkLink::new(sink, info, node_metrics.clone())) as Box<dyn Chain<T>>
                 })
@@ -474,7 +462,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// The hash partitioning on the key.
     pub fn partitioning(&self) -> Partitioning<T> {
         let key = self.key.clone();
-        Partitioning::Hash(Arc::new(move |record| stable_hash(&key(record))))
+        Partitioning::hash_by(move |record| key(record))
     }
 
     /// Adds a keyed operator: its input is hash-partitioned on the key.

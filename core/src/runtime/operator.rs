@@ -21,6 +21,15 @@ pub struct SubtaskInfo {
 }
 
 impl SubtaskInfo {
+    /// Subtask `index` of `parallelism` of the operator called `operator`.
+    pub fn new(operator: impl Into<String>, index: usize, parallelism: usize) -> Self {
+        SubtaskInfo {
+            operator: operator.into(),
+            index,
+            parallelism,
+        }
+    }
+
     /// `name[index/parallelism]`, as errors and logs print it.
     pub fn task_name(&self) -> String {
         format!("{}[{}/{}]", self.operator, self.index, self.parallelism)

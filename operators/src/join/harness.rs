@@ -16,11 +16,7 @@ pub(crate) struct Harness<I, O, Op> {
 impl<I: 'static, O: 'static, Op: Operator<I, O>> Harness<I, O, Op> {
     /// Starts the operator (its `on_start` may refuse a configuration).
     pub(crate) fn start(mut operator: Op) -> Result<Self, BoxError> {
-        let info = SubtaskInfo {
-            operator: "join-under-test".to_string(),
-            index: 0,
-            parallelism: 1,
-        };
+        let info = SubtaskInfo::new("join-under-test", 0, 1);
         let mut ctx = OperatorContext::new(info, ProcessingClock::start());
         operator.on_start(&mut ctx)?;
         Ok(Harness {

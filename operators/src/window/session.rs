@@ -214,19 +214,6 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> SessionOperator<K, T, C> {
             state.remove(&key);
         }
     }
-
-    fn fire_due(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
-        while let Some(time) = self.fire.next_time().filter(|t| *t <= now) {
-            for key in self.fire.take_at(time) {
-                self.fire_key(key, now, ctx);
-            }
-        }
-        while let Some(time) = self.cleanup.next_time().filter(|t| *t <= now) {
-            for key in self.cleanup.take_at(time) {
-                self.expire_key(key, now);
-            }
-        }
-    }
 }
 
 impl<K: StateKey, T: Data, C: WindowContents<K, T>> Clocked<WindowEvent<K, C::Out, T>>
@@ -237,7 +224,16 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Clocked<WindowEvent<K, C::Ou
     }
 
     fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
-        self.fire_due(now, ctx);
+        while let Some(time) = self.fire.next_time().filter(|t| *t <= now) {
+            for key in self.fire.take_at(time) {
+                self.fire_key(key, now, ctx);
+            }
+        }
+        while let Some(time) = self.cleanup.next_time().filter(|t| *t <= now) {
+            for key in self.cleanup.take_at(time) {
+                self.expire_key(key, now);
+            }
+        }
     }
 
     fn next_fire(&self) -> Option<EventTime> {

@@ -158,9 +158,17 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> 
             self.cleanup.register(expires, key);
         }
     }
+}
+
+impl<K: StateKey, T: Data, C: WindowContents<K, T>> Clocked<WindowEvent<K, C::Out, T>>
+    for TimeWindowOperator<K, T, C>
+{
+    fn is_processing_time(&self) -> bool {
+        self.spec.is_processing_time()
+    }
 
     /// Fires every window due at `now`, in time order, then drops what expired.
-    fn fire_due(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
+    fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
         while let Some(time) = self.fire.next_time().filter(|t| *t <= now) {
             let end = self.spec.end_at(time);
             let firing = Firing {
@@ -182,18 +190,6 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> 
                 self.contents.retain_from(&key, from);
             }
         }
-    }
-}
-
-impl<K: StateKey, T: Data, C: WindowContents<K, T>> Clocked<WindowEvent<K, C::Out, T>>
-    for TimeWindowOperator<K, T, C>
-{
-    fn is_processing_time(&self) -> bool {
-        self.spec.is_processing_time()
-    }
-
-    fn advance(&mut self, now: EventTime, ctx: &mut Ctx<K, C, T>) {
-        self.fire_due(now, ctx);
     }
 
     fn next_fire(&self) -> Option<EventTime> {
