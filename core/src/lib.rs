@@ -4,8 +4,11 @@
 //! - [`oms`]: the OMS API (`AccessPointUri`, `KeyValue`, `Message`, `Producer`, the consumers,
 //!   `ResourceManager`) and the drivers, `embedded` first.
 //! - [`connectors`]: OMS sources and sinks of the dataflow runtime.
+//! - [`runtime`]: the dataflow engine; [`state`]: keyed state; [`checkpoint`]: checkpoints
+//!   and recovery.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod connectors;
 pub mod oms;
 pub mod runtime;

@@ -475,7 +475,17 @@ impl<T: Data> Source<T> for OmsSource<T> {
             } else {
                 None
             };
-            let seek = seek_position(&config, consumer.as_ref(), partition).await?;
+            // A restored checkpoint decides where a partition it knows resumes.
+            let restored = ctx.restored.as_ref().and_then(|positions| {
+                positions
+                    .iter()
+                    .find(|(q, p, _)| q == queue && *p == partition)
+                    .map(|&(_, _, offset)| offset)
+            });
+            let seek = match restored {
+                Some(offset) => SeekPosition::Offset(offset),
+                None => seek_position(&config, consumer.as_ref(), partition).await?,
+            };
             let reader = consumer.open(queue, partition, seek).await.map_err(
                 self.oms_error(QueueRole::Source, format!("open partition {partition} of")),
             )?;

@@ -49,6 +49,7 @@ fn context(index: usize, parallelism: usize) -> SourceContext {
     SourceContext {
         subtask: SubtaskInfo::new("src", index, parallelism),
         clock: ProcessingClock::start(),
+        restored: None,
     }
 }
 

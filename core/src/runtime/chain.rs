@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 use super::element::{Batch, EventTime, StreamElement};
 use super::error::{Result, RuntimeError};
 use super::operator::{Operator, OperatorContext};
+use crate::checkpoint::Participant;
+use crate::state::SnapshotStats;
 use super::partition::{key_group, subtask_for_key_group, Partitioning};
 
 /// The receiving end of one fused stage of a subtask.
@@ -23,6 +25,11 @@ pub(crate) trait Chain<T>: Send {
     fn next_wakeup(&self) -> Option<EventTime>;
     /// Processing time reached `now`: wake every link that asked for it.
     async fn on_processing_time(&mut self, now: EventTime) -> Result<()>;
+    /// The checkpoint of `epoch` is complete: tell every link of this task.
+    async fn checkpoint_complete(&mut self, epoch: u64) -> Result<()> {
+        let _ = epoch;
+        Ok(())
+    }
 }
 
 /// Records in and out of one operator, summed over its subtasks.
@@ -54,6 +61,8 @@ pub(crate) struct OperatorLink<I, O> {
     generates_watermarks: bool,
     /// The last watermark sent on by an operator that generates its own.
     generated_watermark: EventTime,
+    /// This subtask's part in checkpoints, when the job takes them.
+    participant: Option<Participant>,
 }
 
 impl<I: 'static, O: 'static> OperatorLink<I, O> {
@@ -62,9 +71,11 @@ impl<I: 'static, O: 'static> OperatorLink<I, O> {
         ctx: OperatorContext<O>,
         next: Box<dyn Chain<O>>,
         metrics: Arc<OperatorMetrics>,
+        participant: Option<Participant>,
     ) -> Self {
         let task = ctx.subtask().task_name();
         OperatorLink {
+            participant,
             generates_watermarks: operator.generates_watermarks(),
             generated_watermark: super::element::MIN_WATERMARK,
             operator,
@@ -99,6 +110,28 @@ impl<I: 'static, O: 'static> OperatorLink<I, O> {
                 message: panic_message(panic.as_ref()),
             }),
         }
+    }
+
+    /// Writes what the operator's keyed state changed as part of checkpoint `epoch`.
+    fn snapshot_state(&mut self, epoch: u64) -> Result<SnapshotStats> {
+        let created = self.ctx.created_states();
+        let mut stats = SnapshotStats::default();
+        self.guarded(|operator, _| {
+            let states = operator.keyed_state();
+            if states.len() < created {
+                return Err(format!(
+                    "the operator created {created} keyed states but its keyed_state() returns {}; \
+                     a checkpointed job needs every state listed there",
+                    states.len()
+                )
+                .into());
+            }
+            for state in states {
+                stats += state.snapshot(epoch)?;
+            }
+            Ok(())
+        })?;
+        Ok(stats)
     }
 
     /// Sends what the last hook emitted.
@@ -147,11 +180,24 @@ impl<I: Send + 'static, O: Send + 'static> Chain<I> for OperatorLink<I, O> {
             StreamElement::Barrier(barrier) => {
                 self.guarded(|op, ctx| op.on_barrier(&barrier, ctx))?;
                 self.flush().await?;
+                if self.participant.is_some() {
+                    let stats = self.snapshot_state(barrier.epoch)?;
+                    if let Some(participant) = &mut self.participant {
+                        participant.ack(barrier.epoch, None, stats);
+                    }
+                }
                 self.next.push(StreamElement::Barrier(barrier)).await
             }
             StreamElement::End => {
                 self.guarded(|op, ctx| op.on_end(ctx))?;
                 self.flush().await?;
+                if let Some(epoch) = self.participant.as_ref().map(|p| p.current_epoch) {
+                    // What the end of input changed belongs to the job's next checkpoint.
+                    let stats = self.snapshot_state(epoch)?;
+                    if let Some(participant) = &self.participant {
+                        participant.finished(None, stats);
+                    }
+                }
                 self.next.push(StreamElement::End).await
             }
         }
@@ -170,6 +216,11 @@ impl<I: Send + 'static, O: Send + 'static> Chain<I> for OperatorLink<I, O> {
             self.flush().await?;
         }
         self.next.on_processing_time(now).await
+    }
+
+    async fn checkpoint_complete(&mut self, epoch: u64) -> Result<()> {
+        self.guarded(|op, _| op.on_checkpoint_complete(epoch))?;
+        self.next.checkpoint_complete(epoch).await
     }
 }
 
@@ -205,6 +256,13 @@ impl<T: Clone + Send + 'static> Chain<T> for FanOut<T> {
     async fn on_processing_time(&mut self, now: EventTime) -> Result<()> {
         for output in &mut self.outputs {
             output.on_processing_time(now).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint_complete(&mut self, epoch: u64) -> Result<()> {
+        for output in &mut self.outputs {
+            output.checkpoint_complete(epoch).await?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 
 use super::error::RuntimeError;
 use super::partition::KEY_GROUPS;
+use crate::checkpoint::CheckpointConfig;
 use crate::state::StateBackend;
 
 /// Settings of one job.
@@ -16,8 +17,10 @@ pub struct JobConfig {
     pub channel_capacity: usize,
     /// How many records a built-in source puts in one batch.
     pub batch_size: usize,
-    /// Where keyed state lives.
+    /// Where keyed state lives (a job with checkpoints always keeps it durable, in sled).
     pub state_backend: StateBackend,
+    /// Checkpoints, if the job takes them: then it survives a crash with exactly-once state.
+    pub checkpoints: Option<CheckpointConfig>,
 }
 
 impl Default for JobConfig {
@@ -28,6 +31,7 @@ impl Default for JobConfig {
             channel_capacity: 16,
             batch_size: 1024,
             state_backend: StateBackend::default(),
+            checkpoints: None,
         }
     }
 }
@@ -56,6 +60,12 @@ impl JobConfig {
     /// The same settings with another channel capacity (in batches).
     pub fn with_channel_capacity(mut self, channel_capacity: usize) -> Self {
         self.channel_capacity = channel_capacity;
+        self
+    }
+
+    /// The same settings with checkpoints.
+    pub fn with_checkpoints(mut self, checkpoints: CheckpointConfig) -> Self {
+        self.checkpoints = Some(checkpoints);
         self
     }
 

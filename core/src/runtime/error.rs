@@ -38,6 +38,9 @@ pub enum RuntimeError {
     /// The OMS layer failed (a broker, the embedded store).
     #[error(transparent)]
     Oms(#[from] OmsError),
+    /// Checkpointing or restoring failed (the message names the file, epoch or operator).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// The job was cancelled through its handle.
     #[error("the job was cancelled")]
     Cancelled,

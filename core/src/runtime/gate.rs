@@ -26,6 +26,10 @@ pub(crate) struct InputGate<T> {
     emitted_watermark: EventTime,
     emitted_idle: bool,
     aligning: Option<CheckpointBarrier>,
+    /// When the first input delivered the barrier being aligned.
+    aligning_since: Option<std::time::Instant>,
+    /// How long the last aligned barrier waited for all inputs.
+    last_alignment: Option<std::time::Duration>,
     /// Where the next poll starts, so one busy input cannot starve the others.
     start: usize,
     ended: bool,
@@ -48,6 +52,8 @@ impl<T> InputGate<T> {
             emitted_watermark: MIN_WATERMARK,
             emitted_idle: false,
             aligning: None,
+            aligning_since: None,
+            last_alignment: None,
             start: 0,
             ended: false,
         }
@@ -69,6 +75,11 @@ impl<T> InputGate<T> {
                 return Some(Ok(out));
             }
         }
+    }
+
+    /// How long the barrier just returned waited for every input to deliver it.
+    pub(crate) fn last_alignment(&self) -> Option<std::time::Duration> {
+        self.last_alignment
     }
 
     async fn receive(&mut self) -> Result<(usize, StreamElement<T>), ()> {
@@ -114,6 +125,8 @@ impl<T> InputGate<T> {
             }
             StreamElement::Barrier(barrier) => {
                 self.inputs[index].blocked = true;
+                self.aligning_since
+                    .get_or_insert_with(std::time::Instant::now);
                 self.aligning = Some(match self.aligning {
                     Some(current) if current.epoch >= barrier.epoch => current,
                     _ => barrier,
@@ -137,6 +150,7 @@ impl<T> InputGate<T> {
         let barrier = self.aligning?;
         if self.inputs.iter().all(|i| i.blocked || i.ended) {
             self.aligning = None;
+            self.last_alignment = self.aligning_since.take().map(|since| since.elapsed());
             for input in &mut self.inputs {
                 input.blocked = false;
             }

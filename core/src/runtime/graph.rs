@@ -25,6 +25,8 @@ use super::partition::Partitioning;
 use super::sink::{Sink, SinkLink};
 use super::source::{run_source, JobEnd, Source, SourceCommand, SourceContext};
 use super::task::run_operator;
+use crate::checkpoint::{JobFingerprint, NodeFingerprint, Participant, Wiring};
+use crate::state::StateBackend;
 
 /// What a record type must be to travel a job: sent between tasks, and cloned when one stream
 /// feeds several consumers.
@@ -53,6 +55,8 @@ pub(crate) struct Graph {
     pub(crate) config: JobConfig,
     nodes: Vec<Node>,
     pub(crate) metrics: Vec<(String, Arc<OperatorMetrics>)>,
+    /// The graph's shape, as checkpoints record it.
+    pub(crate) fingerprint: JobFingerprint,
     names: usize,
     started: bool,
 }
@@ -65,6 +69,29 @@ pub(crate) struct BuildContext {
     pub(crate) source_commands: Vec<mpsc::UnboundedSender<SourceCommand>>,
     pub(crate) config: JobConfig,
     pub(crate) job_end: JobEnd,
+    /// The checkpoint protocol's wiring, when the job takes checkpoints.
+    pub(crate) checkpoint: Option<Wiring>,
+}
+
+impl BuildContext {
+    /// Who subtask `index` of node `name` is, in this run.
+    fn subtask_info(&self, name: &str, index: usize, parallelism: usize) -> SubtaskInfo {
+        let mut info = SubtaskInfo::new(name, index, parallelism);
+        info.job = self.config.name.clone();
+        if let Some(wiring) = &self.checkpoint {
+            info.checkpointing = true;
+            info.restored_epoch = wiring.restored.as_ref().map(|r| r.epoch);
+        }
+        info
+    }
+
+    /// Registers a subtask that acknowledges checkpoints.
+    fn participant(&mut self, info: &SubtaskInfo, source: bool) -> Option<Participant> {
+        let source = source.then(|| info.operator.clone());
+        self.checkpoint
+            .as_mut()
+            .map(|wiring| wiring.participant(info.task_name(), source))
+    }
 }
 
 /// The environment a job is built in: create sources here, transform the streams they return,
@@ -110,6 +137,7 @@ impl StreamEnv {
                 config,
                 nodes: Vec::new(),
                 metrics: Vec::new(),
+                fingerprint: JobFingerprint::default(),
                 names: 0,
                 started: false,
             })),
@@ -156,14 +184,21 @@ impl StreamEnv {
             validate_parallelism(&node_name, parallelism)?;
             let mut outputs = take_outputs(&node_port, &node_name)?;
             for index in 0..parallelism {
-                let info = SubtaskInfo::new(node_name.as_str(), index, parallelism);
+                let info = ctx.subtask_info(&node_name, index, parallelism);
                 let chain = output_chain(&mut outputs, index);
                 let source = factory(&info);
                 let (commands, receiver) = mpsc::unbounded_channel();
                 ctx.source_commands.push(commands);
+                let participant = ctx.participant(&info, true);
+                let restored = ctx
+                    .checkpoint
+                    .as_ref()
+                    .and_then(|w| w.restored.as_ref())
+                    .map(|record| record.positions_of(&node_name));
                 let source_ctx = SourceContext {
                     subtask: info.clone(),
                     clock: ctx.clock,
+                    restored,
                 };
                 let task = run_source(
                     source,
@@ -173,18 +208,34 @@ impl StreamEnv {
                     ctx.stop.clone(),
                     node_metrics.clone(),
                     ctx.job_end.clone(),
+                    participant,
                 );
                 ctx.tasks.push((info.task_name(), task.boxed()));
             }
             Ok(())
         });
         self.add_node_with_metrics(&name, build, metrics);
+        self.record_node(&name, "source", Vec::new());
         Stream {
             env: self.clone(),
             port,
             parallelism,
             name,
         }
+    }
+
+    /// Adds a node to the graph's fingerprint.
+    fn record_node(&self, name: &str, kind: &str, inputs: Vec<String>) {
+        self.lock().fingerprint.nodes.push(NodeFingerprint {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            inputs,
+        });
+    }
+
+    /// The shape of the job graph built so far, as checkpoints record it.
+    pub fn fingerprint(&self) -> JobFingerprint {
+        self.lock().fingerprint.clone()
     }
 
     /// Adds an operator reading `inputs` (all of one type, each with its partitioning); it gets
@@ -203,6 +254,11 @@ impl StreamEnv {
             .unwrap_or(self.lock().config.parallelism);
         let parallelism = Arc::new(AtomicUsize::new(default_parallelism));
         let inputs: Vec<Input<I>> = inputs.into_iter().map(|(s, p)| s.consume(p)).collect();
+        self.record_node(
+            &name,
+            "operator",
+            inputs.iter().map(|i| i.name.clone()).collect(),
+        );
         let (node_port, node_parallelism, node_name) =
             (port.clone(), parallelism.clone(), name.clone());
         let metrics = Arc::new(OperatorMetrics::default());
@@ -213,8 +269,9 @@ impl StreamEnv {
             let mut outputs = take_outputs(&node_port, &node_name)?;
             let links = (0..parallelism)
                 .map(|index| {
-                    let info = SubtaskInfo::new(node_name.as_str(), index, parallelism);
+                    let info = ctx.subtask_info(&node_name, index, parallelism);
                     let operator = factory(&info);
+                    let participant = ctx.participant(&info, false);
                     let mut op_ctx = OperatorContext::new(info, ctx.clock);
                     op_ctx.set_state_backend(ctx.config.state_backend.clone());
                     op_ctx.set_max_batch(ctx.config.batch_size);
@@ -224,6 +281,7 @@ impl StreamEnv {
                         op_ctx,
                         next,
                         node_metrics.clone(),
+                        participant,
                     )) as Box<dyn Chain<I>>
                 })
                 .collect();
@@ -250,6 +308,7 @@ impl StreamEnv {
         clock: ProcessingClock,
         stop: watch::Receiver<bool>,
         job_end: JobEnd,
+        checkpoint: Option<(Wiring, StateBackend)>,
     ) -> Result<BuildContext> {
         let (nodes, config) = {
             let mut graph = self.lock();
@@ -268,6 +327,16 @@ impl StreamEnv {
                 "the job has no operators: add a source and a sink".to_string(),
             ));
         }
+        let (checkpoint, config) = match checkpoint {
+            Some((wiring, backend)) => (
+                Some(wiring),
+                JobConfig {
+                    state_backend: backend,
+                    ..config
+                },
+            ),
+            None => (None, config),
+        };
         let mut ctx = BuildContext {
             clock,
             stop,
@@ -275,6 +344,7 @@ impl StreamEnv {
             source_commands: Vec::new(),
             config,
             job_end,
+            checkpoint,
         };
         for node in nodes.into_iter().rev() {
             (node.build)(&mut ctx)?;
@@ -385,6 +455,8 @@ impl<T: Data> Stream<T> {
     ) {
         let name = self.env.node_name(name);
         let input = self.consume(partitioning);
+        self.env
+            .record_node(&name, "sink", vec![input.name.clone()]);
         let sink_parallelism = parallelism.map(|p| Arc::new(AtomicUsize::new(p)));
         let metrics = Arc::new(OperatorMetrics::default());
         let node_metrics = metrics.clone();
@@ -397,9 +469,11 @@ impl<T: Data> Stream<T> {
             validate_parallelism(&node_name, parallelism)?;
             let links = (0..parallelism)
                 .map(|index| {
-                    let info = SubtaskInfo::new(node_name.as_str(), index, parallelism);
+                    let info = ctx.subtask_info(&node_name, index, parallelism);
                     let sink = factory(&info);
-                    Box::new(SinkLink::new(sink, info, node_metrics.clone())) as Box<dyn Chain<T>>
+                    let participant = ctx.participant(&info, false);
+                    Box::new(SinkLink::new(sink, info, node_metrics.clone(), participant))
+                        as Box<dyn Chain<T>>
                 })
                 .collect();
             connect_inputs(ctx, &node_name, vec![input], links)
@@ -558,7 +632,8 @@ fn connect_inputs<I: Data>(
     for (index, (link, receivers)) in links.into_iter().zip(receivers).enumerate() {
         let task = format!("{node}[{index}/{parallelism}]");
         let gate = InputGate::new(receivers);
-        let future = run_operator(gate, link, ctx.clock, task.clone());
+        let observer = ctx.checkpoint.as_ref().map(Wiring::observer);
+        let future = run_operator(gate, link, ctx.clock, task.clone(), observer);
         ctx.tasks.push((task, future.boxed()));
     }
     Ok(())

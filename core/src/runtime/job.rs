@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
 use super::chain::{panic_message, OperatorMetrics};
@@ -14,6 +14,8 @@ use super::element::CheckpointBarrier;
 use super::error::{Result, RuntimeError};
 use super::graph::StreamEnv;
 use super::source::{JobEnd, SourceCommand};
+use crate::checkpoint::{prepare_run, CheckpointRecord, CheckpointRequest, Coordinator, Wiring};
+use crate::state::StateBackend;
 
 /// Records counted at one operator over a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,7 @@ pub struct JobHandle {
     sources_ended: Arc<AtomicUsize>,
     source_ended_notify: Arc<Notify>,
     succeeded: watch::Sender<bool>,
+    checkpoint_requests: Option<mpsc::UnboundedSender<CheckpointRequest>>,
 }
 
 impl StreamEnv {
@@ -70,13 +73,59 @@ impl StreamEnv {
         };
         let (sources_ended, source_ended_notify) =
             (job_end.sources_ended.clone(), job_end.notify.clone());
-        let built = self.build(clock, stop_receiver, job_end)?;
+        let config = self.config();
+        // A checkpointed job restores its state directory before it is built, so that its
+        // subtasks start from the restored state and offsets.
+        let mut checkpointing = None;
+        let mut wiring = None;
+        if let Some(checkpoints) = &config.checkpoints {
+            let fingerprint = self.fingerprint();
+            let run = prepare_run(checkpoints, &config.name, &fingerprint)?;
+            let (messages, messages_receiver) = mpsc::unbounded_channel();
+            let restored = run.restored.as_ref().map_or(0, |r| r.epoch);
+            let (completed, completed_receiver) = watch::channel(restored);
+            wiring = Some((
+                Wiring::new(
+                    messages,
+                    completed_receiver,
+                    run.first_epoch,
+                    run.restored.clone(),
+                ),
+                StateBackend::Durable(run.backend.clone()),
+            ));
+            checkpointing = Some((run, messages_receiver, completed, checkpoints.clone(), fingerprint));
+        }
+        let mut built = self.build(clock, stop_receiver, job_end, wiring)?;
         let metrics = self.lock().metrics.clone();
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
-        for (name, future) in built.tasks {
+        for (name, future) in std::mem::take(&mut built.tasks) {
             let handle = tasks.spawn(future);
             names.insert(handle.id(), name);
+        }
+        let mut checkpoint_requests = None;
+        if let (Some((run, messages, completed, checkpoints, fingerprint)), Some(wiring)) =
+            (checkpointing, built.checkpoint.take())
+        {
+            let (requests, requests_receiver) = mpsc::unbounded_channel();
+            let coordinator = Coordinator::new(
+                config.name.clone(),
+                checkpoints,
+                run.checkpoints,
+                run.state,
+                fingerprint,
+                clock,
+                &wiring,
+                messages,
+                requests_receiver,
+                completed,
+                built.source_commands.clone(),
+            );
+            // The coordinator hears from the subtasks only: once they are all gone, so is it.
+            drop(wiring);
+            let handle = tasks.spawn(async move { coordinator.run().await.map_err(Into::into) });
+            names.insert(handle.id(), "checkpoint-coordinator".to_string());
+            checkpoint_requests = Some(requests);
         }
         tracing::info!(job = %built.config.name, subtasks = names.len(), "job started");
         Ok(JobHandle {
@@ -90,6 +139,7 @@ impl StreamEnv {
             sources_ended,
             source_ended_notify,
             succeeded,
+            checkpoint_requests,
         })
     }
 
@@ -116,6 +166,24 @@ impl JobHandle {
         for commands in &self.source_commands {
             let _ = commands.send(SourceCommand::Barrier(barrier));
         }
+    }
+
+    /// Takes a checkpoint now (or joins the one in progress) and returns its record once it
+    /// is complete. Fails when the job has no checkpoints configured or has ended.
+    pub async fn checkpoint(&self) -> Result<CheckpointRecord> {
+        let requests = self.checkpoint_requests.as_ref().ok_or_else(|| {
+            RuntimeError::InvalidConfig(
+                "the job takes no checkpoints; set JobConfig::with_checkpoints".to_string(),
+            )
+        })?;
+        let (answer, answered) = oneshot::channel();
+        requests
+            .send(answer)
+            .map_err(|_| RuntimeError::InvalidJob("the job has ended".to_string()))?;
+        answered
+            .await
+            .map_err(|_| RuntimeError::InvalidJob("the job ended before the checkpoint completed".to_string()))?
+            .map_err(RuntimeError::InvalidJob)
     }
 
     /// Records counted so far, per operator.

@@ -4,7 +4,9 @@
 use super::clock::ProcessingClock;
 use super::element::{Batch, CheckpointBarrier, EventTime, Record, MIN_WATERMARK};
 use super::error::BoxError;
-use crate::state::{ListState, MapState, StateBackend, StateKey, StateValue, ValueState};
+use crate::state::{
+    KeyedState, ListState, MapState, StateBackend, StateKey, StateOptions, StateValue, ValueState,
+};
 
 /// The result of an operator hook.
 pub type OperatorResult = std::result::Result<(), BoxError>;
@@ -18,6 +20,12 @@ pub struct SubtaskInfo {
     pub index: usize,
     /// How many subtasks the operator has.
     pub parallelism: usize,
+    /// The job's name.
+    pub job: String,
+    /// Whether the job takes checkpoints (its sinks may then commit per checkpoint).
+    pub checkpointing: bool,
+    /// The checkpoint this run was restored from; `None` for a fresh start.
+    pub restored_epoch: Option<u64>,
 }
 
 impl SubtaskInfo {
@@ -27,6 +35,9 @@ impl SubtaskInfo {
             operator: operator.into(),
             index,
             parallelism,
+            job: String::new(),
+            checkpointing: false,
+            restored_epoch: None,
         }
     }
 
@@ -85,6 +96,14 @@ pub trait Operator<I, O>: Send + 'static {
         Ok(())
     }
 
+    /// Every keyed state this operator holds, for checkpoints: the runtime snapshots each one
+    /// when a barrier has passed [`on_barrier`](Operator::on_barrier). An operator that
+    /// creates state through its context must return all of it here (a job with checkpoints
+    /// fails at its first barrier, naming the operator, if some is missing).
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        Vec::new()
+    }
+
     /// Called when the checkpoint of `epoch` is complete everywhere (its record is durable).
     fn on_checkpoint_complete(&mut self, epoch: u64) -> OperatorResult {
         let _ = epoch;
@@ -120,6 +139,8 @@ pub struct OperatorContext<O> {
     clock: ProcessingClock,
     info: SubtaskInfo,
     state_backend: StateBackend,
+    /// Keyed states created through this context, to check against `keyed_state`.
+    created_states: std::sync::atomic::AtomicUsize,
 }
 
 impl<O> OperatorContext<O> {
@@ -135,6 +156,7 @@ impl<O> OperatorContext<O> {
             clock,
             info,
             state_backend: StateBackend::default(),
+            created_states: Default::default(),
         }
     }
 
@@ -211,7 +233,18 @@ impl<O> OperatorContext<O> {
 
     /// A keyed value state of this subtask, called `name` (unique within the operator).
     pub fn value_state<K: StateKey, V: StateValue>(&self, name: &str) -> Box<dyn ValueState<K, V>> {
-        self.state_backend.value_state(&self.info.task_name(), name)
+        self.value_state_with(name, StateOptions::default())
+    }
+
+    /// A keyed value state with options (a time to live).
+    pub fn value_state_with<K: StateKey, V: StateValue>(
+        &self,
+        name: &str,
+        options: StateOptions,
+    ) -> Box<dyn ValueState<K, V>> {
+        self.count_state();
+        self.state_backend
+            .value_state(&self.info, name, options, self.clock)
     }
 
     /// A keyed map state of this subtask, called `name`.
@@ -219,12 +252,50 @@ impl<O> OperatorContext<O> {
         &self,
         name: &str,
     ) -> Box<dyn MapState<K, UK, V>> {
-        self.state_backend.map_state(&self.info.task_name(), name)
+        self.map_state_with(name, StateOptions::default())
+    }
+
+    /// A keyed map state with options (a time to live).
+    pub fn map_state_with<K: StateKey, UK: StateKey + Ord, V: StateValue>(
+        &self,
+        name: &str,
+        options: StateOptions,
+    ) -> Box<dyn MapState<K, UK, V>> {
+        self.count_state();
+        self.state_backend
+            .map_state(&self.info, name, options, self.clock)
     }
 
     /// A keyed list state of this subtask, called `name`.
     pub fn list_state<K: StateKey, V: StateValue>(&self, name: &str) -> Box<dyn ListState<K, V>> {
-        self.state_backend.list_state(&self.info.task_name(), name)
+        self.list_state_with(name, StateOptions::default())
+    }
+
+    /// A keyed list state with options (a time to live).
+    pub fn list_state_with<K: StateKey, V: StateValue>(
+        &self,
+        name: &str,
+        options: StateOptions,
+    ) -> Box<dyn ListState<K, V>> {
+        self.count_state();
+        self.state_backend
+            .list_state(&self.info, name, options, self.clock)
+    }
+
+    fn count_state(&self) {
+        self.created_states
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many keyed states were created through this context.
+    pub(crate) fn created_states(&self) -> usize {
+        self.created_states
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The job's processing-time clock.
+    pub fn clock(&self) -> ProcessingClock {
+        self.clock
     }
 
     /// Where this subtask's keyed state lives.
@@ -232,7 +303,9 @@ impl<O> OperatorContext<O> {
         self.state_backend.clone()
     }
 
-    pub(crate) fn set_state_backend(&mut self, backend: StateBackend) {
+    /// Sets where the keyed state created through this context lives (the runtime does this
+    /// from the job's settings; tests of operators use it to run one over durable state).
+    pub fn set_state_backend(&mut self, backend: StateBackend) {
         self.state_backend = backend;
     }
 

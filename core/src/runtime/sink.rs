@@ -9,6 +9,7 @@ use super::chain::{Chain, OperatorMetrics};
 use super::element::{Batch, CheckpointBarrier, EventTime, StreamElement};
 use super::error::{BoxError, Result, RuntimeError};
 use super::operator::SubtaskInfo;
+use crate::checkpoint::Participant;
 
 /// The end of a job for one subtask.
 #[async_trait]
@@ -56,6 +57,8 @@ pub(crate) struct SinkLink<T> {
     info: SubtaskInfo,
     task: String,
     metrics: Arc<OperatorMetrics>,
+    /// This subtask's part in checkpoints, when the job takes them.
+    participant: Option<Participant>,
 }
 
 impl<T> SinkLink<T> {
@@ -63,13 +66,41 @@ impl<T> SinkLink<T> {
         sink: Box<dyn Sink<T>>,
         info: SubtaskInfo,
         metrics: Arc<OperatorMetrics>,
+        participant: Option<Participant>,
     ) -> Self {
         SinkLink {
+            participant,
             sink,
             task: info.task_name(),
             info,
             metrics,
         }
+    }
+}
+
+impl<T: Send + 'static> SinkLink<T> {
+    /// The end of input. In a checkpointed job it is the sink's last barrier: what it wrote
+    /// since the previous checkpoint is pre-committed, and committed once the job's final
+    /// checkpoint (or a later periodic one) completes; then the sink finishes.
+    async fn end(&mut self) -> Result<()> {
+        let task = self.task.clone();
+        let fail = |e| RuntimeError::task(&task, e);
+        if let Some(participant) = &mut self.participant {
+            let barrier = CheckpointBarrier {
+                epoch: participant.current_epoch,
+                triggered_at: crate::oms::now_millis(),
+            };
+            self.sink.on_barrier(&barrier).await.map_err(fail)?;
+            participant.finished(None, Default::default());
+            let Some(completed) = participant.wait_completed(barrier.epoch).await else {
+                return Err(RuntimeError::Cancelled);
+            };
+            self.sink
+                .on_checkpoint_complete(completed)
+                .await
+                .map_err(fail)?;
+        }
+        self.sink.finish().await.map_err(fail)
     }
 }
 
@@ -91,10 +122,23 @@ impl<T: Send + 'static> Chain<T> for SinkLink<T> {
             }
             StreamElement::Watermark(watermark) => self.sink.on_watermark(watermark).await,
             StreamElement::Idle => Ok(()),
-            StreamElement::Barrier(barrier) => self.sink.on_barrier(&barrier).await,
-            StreamElement::End => self.sink.finish().await,
+            StreamElement::Barrier(barrier) => {
+                let result = self.sink.on_barrier(&barrier).await;
+                if let (Ok(()), Some(participant)) = (&result, &mut self.participant) {
+                    participant.ack(barrier.epoch, None, Default::default());
+                }
+                result
+            }
+            StreamElement::End => return self.end().await,
         };
         result.map_err(|e| RuntimeError::task(&self.task, e))
+    }
+
+    async fn checkpoint_complete(&mut self, epoch: u64) -> Result<()> {
+        self.sink
+            .on_checkpoint_complete(epoch)
+            .await
+            .map_err(|e| RuntimeError::task(&self.task, e))
     }
 
     fn next_wakeup(&self) -> Option<EventTime> {

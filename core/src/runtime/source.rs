@@ -11,6 +11,7 @@ use super::clock::ProcessingClock;
 use super::element::{Batch, CheckpointBarrier, EventTime, StreamElement, MAX_WATERMARK};
 use super::error::{BoxError, Result, RuntimeError};
 use super::operator::SubtaskInfo;
+use crate::checkpoint::Participant;
 
 /// What one poll of a source returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +38,11 @@ pub struct SourceContext {
     pub subtask: SubtaskInfo,
     /// The job's processing-time clock.
     pub clock: ProcessingClock,
+    /// When the job was restored from a checkpoint: the positions of every partition this
+    /// source operator read then, over all its subtasks (the parallelism may have changed).
+    /// A source resumes the partitions it now owns from these and starts the others as
+    /// configured.
+    pub restored: Option<SourcePositions>,
 }
 
 /// A source of records for one subtask.
@@ -119,6 +125,7 @@ pub(crate) async fn run_source<T: Send + 'static>(
     mut stop: watch::Receiver<bool>,
     metrics: Arc<OperatorMetrics>,
     mut job_end: JobEnd,
+    mut participant: Option<Participant>,
 ) -> Result<()> {
     let task = ctx.subtask.task_name();
     let fail = |e: BoxError| RuntimeError::task(&task, e);
@@ -129,18 +136,21 @@ pub(crate) async fn run_source<T: Send + 'static>(
             while let Ok(command) = commands.try_recv() {
                 match command {
                     SourceCommand::Barrier(barrier) => {
-                        source.snapshot(&barrier).await.map_err(fail)?;
+                        let positions = source.snapshot(&barrier).await.map_err(fail)?;
                         chain.push(StreamElement::Barrier(barrier)).await?;
+                        if let Some(participant) = &mut participant {
+                            participant.ack(barrier.epoch, Some(positions), Default::default());
+                        }
                     }
                     SourceCommand::CheckpointComplete(epoch) => {
                         source.on_checkpoint_complete(epoch).await.map_err(fail)?;
+                        chain.checkpoint_complete(epoch).await?;
                     }
                 }
             }
             if *stop.borrow_and_update() {
                 // A stop ends the input like a bounded source: windows flush, sinks finish.
-                chain.push(StreamElement::Watermark(MAX_WATERMARK)).await?;
-                return chain.push(StreamElement::End).await;
+                return end_input(&mut source, &mut chain, &participant, &ctx).await;
             }
             let output = tokio::select! {
                 biased;
@@ -160,8 +170,7 @@ pub(crate) async fn run_source<T: Send + 'static>(
                 SourceOutput::Idle => chain.push(StreamElement::Idle).await?,
                 SourceOutput::NoData => {}
                 SourceOutput::Finished => {
-                    chain.push(StreamElement::Watermark(MAX_WATERMARK)).await?;
-                    return chain.push(StreamElement::End).await;
+                    return end_input(&mut source, &mut chain, &participant, &ctx).await;
                 }
             }
         }
@@ -181,6 +190,30 @@ pub(crate) async fn run_source<T: Send + 'static>(
     };
     let closed = source.close().await.map_err(fail);
     result.and(closed)
+}
+
+/// Ends a source subtask's input: the final watermark, then (in a checkpointed job) the final
+/// positions to the coordinator, then `End`. The positions go first because a sink fused into
+/// this task waits, at `End`, for the final checkpoint, which needs them.
+async fn end_input<T: Send + 'static>(
+    source: &mut Box<dyn Source<T>>,
+    chain: &mut Box<dyn Chain<T>>,
+    participant: &Option<Participant>,
+    ctx: &SourceContext,
+) -> Result<()> {
+    chain.push(StreamElement::Watermark(MAX_WATERMARK)).await?;
+    if let Some(participant) = participant {
+        let barrier = CheckpointBarrier {
+            epoch: participant.current_epoch,
+            triggered_at: ctx.clock.now(),
+        };
+        let positions = source
+            .snapshot(&barrier)
+            .await
+            .map_err(|e| RuntimeError::task(&ctx.subtask.task_name(), e))?;
+        participant.finished(Some(positions), Default::default());
+    }
+    chain.push(StreamElement::End).await
 }
 
 /// Completes when processing time reaches `at`; never when there is no wakeup.

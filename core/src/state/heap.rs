@@ -10,12 +10,13 @@ use hashbrown::hash_table::{Entry, HashTable};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 
-use super::{ListState, MapState, ValueState};
+use super::{KeyedState, ListState, MapState, SnapshotStats, StateError, ValueState};
 
 /// Value state in a hash table of `(key, value)` pairs: a lookup hashes the key once and
 /// probes once, and a key is cloned only when it is inserted.
 pub struct HeapValueState<K, V> {
     table: HashTable<(K, V)>,
+    name: String,
 }
 
 impl<K, V> fmt::Debug for HeapValueState<K, V> {
@@ -28,9 +29,29 @@ impl<K, V> fmt::Debug for HeapValueState<K, V> {
 
 impl<K, V> Default for HeapValueState<K, V> {
     fn default() -> Self {
+        Self::new("value")
+    }
+}
+
+impl<K, V> HeapValueState<K, V> {
+    /// An empty value state called `name`.
+    pub fn new(name: &str) -> Self {
         HeapValueState {
             table: HashTable::new(),
+            name: name.to_string(),
         }
+    }
+}
+
+impl<K: Send, V: Send> KeyedState for HeapValueState<K, V> {
+    fn state_name(&self) -> &str {
+        &self.name
+    }
+
+    fn snapshot(&mut self, _: u64) -> Result<SnapshotStats, StateError> {
+        Err(StateError::NotDurable {
+            state: self.name.clone(),
+        })
     }
 }
 
@@ -168,13 +189,34 @@ impl<UK: Ord + Clone, V> Entries<UK, V> {
 #[derive(Debug)]
 pub struct HeapMapState<K, UK, V> {
     map: FxHashMap<K, Entries<UK, V>>,
+    name: String,
 }
 
 impl<K, UK, V> Default for HeapMapState<K, UK, V> {
     fn default() -> Self {
+        Self::new("map")
+    }
+}
+
+impl<K, UK, V> HeapMapState<K, UK, V> {
+    /// An empty map state called `name`.
+    pub fn new(name: &str) -> Self {
         HeapMapState {
             map: FxHashMap::default(),
+            name: name.to_string(),
         }
+    }
+}
+
+impl<K: Send, UK: Send, V: Send> KeyedState for HeapMapState<K, UK, V> {
+    fn state_name(&self) -> &str {
+        &self.name
+    }
+
+    fn snapshot(&mut self, _: u64) -> Result<SnapshotStats, StateError> {
+        Err(StateError::NotDurable {
+            state: self.name.clone(),
+        })
     }
 }
 
@@ -257,13 +299,34 @@ impl<K: Hash + Eq + Clone + Send, UK: Ord + Clone + Send, V: Send> MapState<K, U
 #[derive(Debug)]
 pub struct HeapListState<K, V> {
     map: FxHashMap<K, Vec<V>>,
+    name: String,
 }
 
 impl<K, V> Default for HeapListState<K, V> {
     fn default() -> Self {
+        Self::new("list")
+    }
+}
+
+impl<K, V> HeapListState<K, V> {
+    /// An empty list state called `name`.
+    pub fn new(name: &str) -> Self {
         HeapListState {
             map: FxHashMap::default(),
+            name: name.to_string(),
         }
+    }
+}
+
+impl<K: Send, V: Send> KeyedState for HeapListState<K, V> {
+    fn state_name(&self) -> &str {
+        &self.name
+    }
+
+    fn snapshot(&mut self, _: u64) -> Result<SnapshotStats, StateError> {
+        Err(StateError::NotDurable {
+            state: self.name.clone(),
+        })
     }
 }
 

@@ -1,11 +1,20 @@
 //! Keyed state for operators: value, map and list state behind traits, so that where the state
-//! lives (the heap today; sled with checkpoints) changes without touching operator code.
+//! lives (the heap, or sled for checkpointed jobs) changes without touching operator code.
 //!
 //! Every handle is scoped to one operator subtask and takes the key explicitly; a subtask only
-//! ever sees the keys of its key groups. Keys and values are serde types so that a persistent
+//! ever sees the keys of its key groups. Keys and values are serde types so that the durable
 //! backend can store them.
+//!
+//! Durable state ([`StateBackend::Durable`]) keeps a working set in memory and versions in
+//! sled ([`StateStore`]); a checkpoint writes only what changed since the previous one. Every
+//! handle is also a [`KeyedState`], which the runtime snapshots at each checkpoint barrier
+//! through [`Operator::keyed_state`](crate::runtime::Operator::keyed_state).
 
+mod cached;
+mod durable;
+mod error;
 mod heap;
+mod store;
 
 use std::fmt;
 use std::hash::Hash;
@@ -13,7 +22,16 @@ use std::hash::Hash;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use durable::{CachedListState, CachedMapState, CachedValueState};
+pub use error::StateError;
 pub use heap::{HeapListState, HeapMapState, HeapValueState};
+pub use store::StateStore;
+
+use crate::runtime::{ProcessingClock, SubtaskInfo};
+use cached::{key_groups_of, CachedTable, Durable, Ttl};
 
 /// What a state key must be.
 pub trait StateKey:
@@ -29,8 +47,34 @@ impl<K: Hash + Eq + Clone + Send + Sync + fmt::Debug + Serialize + DeserializeOw
 pub trait StateValue: Clone + Send + Serialize + DeserializeOwned + 'static {}
 impl<V: Clone + Send + Serialize + DeserializeOwned + 'static> StateValue for V {}
 
+/// What a snapshot of one state wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Entries written (changed or deleted keys).
+    pub entries: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for SnapshotStats {
+    fn add_assign(&mut self, other: Self) {
+        self.entries += other.entries;
+        self.bytes += other.bytes;
+    }
+}
+
+/// What every state handle is to the runtime: something a checkpoint snapshots.
+pub trait KeyedState: Send {
+    /// The state's name, unique within its operator.
+    fn state_name(&self) -> &str;
+
+    /// Writes what changed since the previous snapshot as part of checkpoint `epoch`; changes
+    /// made after this call belong to the next checkpoint.
+    fn snapshot(&mut self, epoch: u64) -> Result<SnapshotStats, StateError>;
+}
+
 /// One value per key.
-pub trait ValueState<K, V>: Send {
+pub trait ValueState<K, V>: KeyedState {
     /// The key's value.
     fn get(&mut self, key: &K) -> Option<&V>;
     /// The key's value, to change in place.
@@ -52,7 +96,7 @@ pub trait ValueState<K, V>: Send {
 }
 
 /// A sorted map per key (user key to value).
-pub trait MapState<K, UK, V>: Send {
+pub trait MapState<K, UK, V>: KeyedState {
     /// The value under `user_key` of `key`.
     fn get(&mut self, key: &K, user_key: &UK) -> Option<&V>;
     /// The value under `user_key` of `key`, to change in place.
@@ -84,7 +128,7 @@ pub trait MapState<K, UK, V>: Send {
 }
 
 /// A list per key, appended to.
-pub trait ListState<K, V>: Send {
+pub trait ListState<K, V>: KeyedState {
     /// Appends to the key's list.
     fn add(&mut self, key: &K, value: V);
     /// The key's list (empty when it has none).
@@ -102,48 +146,148 @@ pub trait ListState<K, V>: Send {
 }
 
 /// Where an operator's keyed state lives.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub enum StateBackend {
     /// In the subtask's memory, as typed values: the fastest; lost when the process stops.
     #[default]
     Heap,
+    /// A working set in memory over versions in sled: survives crashes through checkpoints,
+    /// and may be larger than memory. Jobs with checkpoints use it.
+    Durable(DurableBackend),
+}
+
+/// The durable backend of one run of a job.
+#[derive(Debug, Clone)]
+pub struct DurableBackend {
+    store: Arc<StateStore>,
+    /// The epoch that changes made before the run's first barrier belong to.
+    first_epoch: u64,
+    /// Most entries each state keeps in memory.
+    cache_capacity: usize,
+}
+
+impl DurableBackend {
+    /// The backend of a run over `store` whose first checkpoint will be `first_epoch`
+    /// (from [`StateStore::begin_run`]).
+    pub fn new(store: Arc<StateStore>, first_epoch: u64, cache_capacity: usize) -> Self {
+        DurableBackend {
+            store,
+            first_epoch,
+            cache_capacity,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+
+    fn table<K, V>(&self, subtask: &SubtaskInfo, name: &str, ttl: Option<Ttl>) -> CachedTable<K, V>
+    where
+        K: StateKey,
+        V: Serialize + DeserializeOwned,
+    {
+        let state_id = self
+            .store
+            .state_id(&subtask.operator, name)
+            .unwrap_or_else(|e| panic!("state '{name}' of '{}': {e}", subtask.operator));
+        let durable = Durable {
+            store: self.store.clone(),
+            state_id,
+            key_groups: key_groups_of(subtask.index, subtask.parallelism),
+            epoch: self.first_epoch,
+        };
+        CachedTable::new(name, Some(durable), ttl, self.cache_capacity)
+    }
+}
+
+/// Options of one keyed state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateOptions {
+    /// Entries not written for this long (processing time) are gone: reads no longer see them
+    /// and they are dropped from the store when next written or checkpointed.
+    pub ttl: Option<Duration>,
+}
+
+impl StateOptions {
+    /// Options with a time to live.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        StateOptions { ttl: Some(ttl) }
+    }
+
+    fn ttl(&self, clock: ProcessingClock) -> Option<Ttl> {
+        self.ttl.map(|ttl| Ttl {
+            millis: ttl.as_millis().min(i64::MAX as u128) as i64,
+            clock,
+        })
+    }
+}
+
+/// Memory-only state with a TTL: a cached table without a store, as many entries as needed.
+fn heap_table<K: StateKey, V: Serialize + DeserializeOwned>(ttl: Ttl) -> CachedTable<K, V> {
+    CachedTable::new("heap", None, Some(ttl), usize::MAX)
 }
 
 impl StateBackend {
-    /// A value state called `name` for the operator subtask `task`.
+    /// Whether state survives a crash (through checkpoints).
+    pub fn is_durable(&self) -> bool {
+        matches!(self, StateBackend::Durable(_))
+    }
+
+    /// A value state called `name` for an operator subtask.
     pub fn value_state<K: StateKey, V: StateValue>(
         &self,
-        task: &str,
+        subtask: &SubtaskInfo,
         name: &str,
+        options: StateOptions,
+        clock: ProcessingClock,
     ) -> Box<dyn ValueState<K, V>> {
-        let _ = (task, name);
-        match self {
-            StateBackend::Heap => Box::new(HeapValueState::default()),
+        match (self, options.ttl(clock)) {
+            (StateBackend::Heap, None) => Box::new(HeapValueState::new(name)),
+            (StateBackend::Heap, Some(ttl)) => Box::new(CachedValueState::new(name, heap_table(ttl))),
+            (StateBackend::Durable(backend), ttl) => Box::new(CachedValueState::new(
+                name,
+                backend.table(subtask, name, ttl),
+            )),
         }
     }
 
-    /// A map state called `name` for the operator subtask `task`.
+    /// A map state called `name` for an operator subtask.
     pub fn map_state<K: StateKey, UK: StateKey + Ord, V: StateValue>(
         &self,
-        task: &str,
+        subtask: &SubtaskInfo,
         name: &str,
+        options: StateOptions,
+        clock: ProcessingClock,
     ) -> Box<dyn MapState<K, UK, V>> {
-        let _ = (task, name);
-        match self {
-            StateBackend::Heap => Box::new(HeapMapState::default()),
+        match (self, options.ttl(clock)) {
+            (StateBackend::Heap, None) => Box::new(HeapMapState::new(name)),
+            (StateBackend::Heap, Some(ttl)) => Box::new(CachedMapState::new(name, heap_table(ttl))),
+            (StateBackend::Durable(backend), ttl) => Box::new(CachedMapState::new(
+                name,
+                backend.table(subtask, name, ttl),
+            )),
         }
     }
 
-    /// A list state called `name` for the operator subtask `task`.
+    /// A list state called `name` for an operator subtask.
     pub fn list_state<K: StateKey, V: StateValue>(
         &self,
-        task: &str,
+        subtask: &SubtaskInfo,
         name: &str,
+        options: StateOptions,
+        clock: ProcessingClock,
     ) -> Box<dyn ListState<K, V>> {
-        let _ = (task, name);
-        match self {
-            StateBackend::Heap => Box::new(HeapListState::default()),
+        match (self, options.ttl(clock)) {
+            (StateBackend::Heap, None) => Box::new(HeapListState::new(name)),
+            (StateBackend::Heap, Some(ttl)) => {
+                Box::new(CachedListState::new(name, heap_table(ttl)))
+            }
+            (StateBackend::Durable(backend), ttl) => Box::new(CachedListState::new(
+                name,
+                backend.table(subtask, name, ttl),
+            )),
         }
     }
 }

@@ -1,0 +1,394 @@
+//! A typed working set in memory over the durable store: the table behind every durable state
+//! handle (and behind heap state that has a TTL).
+//!
+//! Reads go to the cache first and load from sled on a miss. Changes stay in the cache, marked
+//! dirty, until [`CachedTable::snapshot`] writes them as versions of the checkpoint's epoch, so
+//! a checkpoint costs what changed, not what is stored. When the cache outgrows its capacity,
+//! its dirty entries are written as versions of the epoch in progress (they belong to the next
+//! checkpoint anyway) and it is emptied: state larger than memory lives in sled.
+
+use std::hash::{BuildHasher, Hash};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use hashbrown::hash_table::{Entry, HashTable};
+use rustc_hash::FxBuildHasher;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::StateError;
+use super::store::{StateStore, VersionedWrite};
+use super::SnapshotStats;
+use crate::runtime::{key_group, stable_hash, ProcessingClock, KEY_GROUPS};
+
+/// Where a durable table keeps its versions, and which of them are its subtask's.
+#[derive(Debug, Clone)]
+pub(crate) struct Durable {
+    pub(crate) store: Arc<StateStore>,
+    pub(crate) state_id: u32,
+    /// The key groups of this subtask.
+    pub(crate) key_groups: RangeInclusive<u32>,
+    /// The epoch that changes made now belong to.
+    pub(crate) epoch: u64,
+}
+
+/// Time to live of a state's entries, counted from their last write in processing time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ttl {
+    pub(crate) millis: i64,
+    pub(crate) clock: ProcessingClock,
+}
+
+#[derive(Debug)]
+struct Slot<V> {
+    /// `None`: deleted (kept until the deletion is written).
+    value: Option<V>,
+    dirty: bool,
+    /// Processing time after which the value is gone; `i64::MAX` without a TTL.
+    expires_at: i64,
+}
+
+/// Keys and values of one state in memory, over its durable versions.
+pub(crate) struct CachedTable<K, V> {
+    name: String,
+    table: HashTable<(K, Slot<V>)>,
+    durable: Option<Durable>,
+    ttl: Option<Ttl>,
+    /// Most entries kept in memory before dirty ones are written and the cache is emptied.
+    capacity: usize,
+}
+
+impl<K, V> std::fmt::Debug for CachedTable<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedTable")
+            .field("name", &self.name)
+            .field("cached", &self.table.len())
+            .field("durable", &self.durable.is_some())
+            .finish()
+    }
+}
+
+#[inline]
+fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
+
+/// The key groups of subtask `index` of `parallelism`.
+pub(crate) fn key_groups_of(index: usize, parallelism: usize) -> RangeInclusive<u32> {
+    let owned = (0..KEY_GROUPS)
+        .filter(|&kg| crate::runtime::subtask_for_key_group(kg, parallelism) == index);
+    let (mut low, mut high) = (u32::MAX, 0);
+    for kg in owned {
+        low = low.min(kg);
+        high = high.max(kg);
+    }
+    low..=high
+}
+
+impl<K, V> CachedTable<K, V>
+where
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new(
+        name: &str,
+        durable: Option<Durable>,
+        ttl: Option<Ttl>,
+        capacity: usize,
+    ) -> Self {
+        CachedTable {
+            name: name.to_string(),
+            table: HashTable::new(),
+            durable,
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.ttl.map_or(0, |ttl| ttl.clock.now())
+    }
+
+    fn expiry(&self) -> i64 {
+        match self.ttl {
+            Some(ttl) => ttl.clock.now().saturating_add(ttl.millis),
+            None => i64::MAX,
+        }
+    }
+
+    fn encode_key(&self, key: &K) -> Vec<u8> {
+        rmp_serde::to_vec(key).unwrap_or_else(|e| panic!("{}", self.codec("encode", e)))
+    }
+
+    fn codec(&self, action: &'static str, error: impl std::fmt::Display) -> StateError {
+        StateError::Codec {
+            state: self.name.clone(),
+            action,
+            message: error.to_string(),
+        }
+    }
+
+    fn prefix(durable: &Durable, key_bytes: &[u8], key: &K) -> Vec<u8> {
+        StateStore::key_prefix(durable.state_id, key_group(stable_hash(key)), key_bytes)
+    }
+
+    fn decode_value(&self, bytes: &[u8]) -> (i64, V) {
+        let expires_at = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let value =
+            rmp_serde::from_slice(&bytes[8..]).unwrap_or_else(|e| panic!("{}", self.codec("decode", e)));
+        (expires_at, value)
+    }
+
+    /// Loads the key's durable value (`None` when absent or expired).
+    fn load(&self, key: &K) -> Option<(i64, V)> {
+        let durable = self.durable.as_ref()?;
+        let prefix = Self::prefix(durable, &self.encode_key(key), key);
+        let bytes = durable
+            .store
+            .read(&prefix)
+            .unwrap_or_else(|e| panic!("state '{}': {e}", self.name))?;
+        let (expires_at, value) = self.decode_value(&bytes);
+        (expires_at > self.now()).then_some((expires_at, value))
+    }
+
+    /// The key's slot, loaded from sled on a miss (a cached deletion or an absent key gives a
+    /// slot with no value only if it is already cached).
+    fn slot(&mut self, key: &K) -> Option<&mut Slot<V>> {
+        let hash = hash_of(key);
+        let cached = self.table.find(hash, |(k, _)| k == key).is_some();
+        if !cached {
+            let (expires_at, value) = self.load(key)?;
+            self.make_room();
+            self.table.insert_unique(
+                hash,
+                (
+                    key.clone(),
+                    Slot {
+                        value: Some(value),
+                        dirty: false,
+                        expires_at,
+                    },
+                ),
+                |(k, _)| hash_of(k),
+            );
+        }
+        let now = self.now();
+        let slot = &mut self.table.find_mut(hash, |(k, _)| k == key)?.1;
+        if slot.value.is_some() && slot.expires_at <= now {
+            slot.value = None;
+            slot.dirty = true;
+        }
+        Some(slot)
+    }
+
+    /// The key's value.
+    pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
+        self.slot(key)?.value.as_ref()
+    }
+
+    /// The key's value, to change: it is marked changed (and its TTL restarts).
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let expires_at = self.expiry();
+        let slot = self.slot(key)?;
+        if slot.value.is_none() {
+            return None;
+        }
+        slot.dirty = true;
+        slot.expires_at = expires_at;
+        slot.value.as_mut()
+    }
+
+    /// The key's value, created by `init` when absent; the flag says whether it was created.
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        key: &K,
+        init: &mut dyn FnMut() -> V,
+    ) -> (&mut V, bool) {
+        let expires_at = self.expiry();
+        let created = match self.slot(key) {
+            Some(slot) => slot.value.is_none(),
+            None => {
+                self.make_room();
+                self.table.insert_unique(
+                    hash_of(key),
+                    (
+                        key.clone(),
+                        Slot {
+                            value: None,
+                            dirty: true,
+                            expires_at,
+                        },
+                    ),
+                    |(k, _)| hash_of(k),
+                );
+                true
+            }
+        };
+        let slot = &mut self
+            .table
+            .find_mut(hash_of(key), |(k, _)| k == key)
+            .expect("the slot was just found or made")
+            .1;
+        slot.dirty = true;
+        slot.expires_at = expires_at;
+        if created {
+            slot.value = Some(init());
+        }
+        (slot.value.as_mut().expect("the value is set"), created)
+    }
+
+    /// Sets the key's value, returning the old one.
+    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let expires_at = self.expiry();
+        if let Some(slot) = self.slot(&key) {
+            slot.dirty = true;
+            slot.expires_at = expires_at;
+            return slot.value.replace(value);
+        }
+        self.make_room();
+        let hash = hash_of(&key);
+        match self
+            .table
+            .entry(hash, |(k, _)| *k == key, |(k, _)| hash_of(k))
+        {
+            Entry::Occupied(_) => unreachable!("slot() found no entry"),
+            Entry::Vacant(vacant) => {
+                vacant.insert((
+                    key,
+                    Slot {
+                        value: Some(value),
+                        dirty: true,
+                        expires_at,
+                    },
+                ));
+            }
+        }
+        None
+    }
+
+    /// Removes the key's value.
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        let durable = self.durable.is_some();
+        let slot = self.slot(key)?;
+        let old = slot.value.take();
+        if old.is_some() || slot.dirty {
+            slot.dirty = true;
+        }
+        if !durable {
+            // Nothing to write a deletion to: forget the key now.
+            if let Ok(entry) = self.table.find_entry(hash_of(key), |(k, _)| k == key) {
+                entry.remove();
+            }
+        }
+        old
+    }
+
+    /// Every key with a (live) value: the cached ones and, for a durable table, the stored
+    /// ones of this subtask's key groups.
+    pub(crate) fn keys(&self) -> Vec<K> {
+        let now = self.now();
+        let live = |slot: &Slot<V>| slot.value.is_some() && slot.expires_at > now;
+        let mut keys: Vec<K> = self
+            .table
+            .iter()
+            .filter(|(_, slot)| live(slot))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let Some(durable) = &self.durable {
+            let stored = durable
+                .store
+                .scan(durable.state_id, durable.key_groups.clone())
+                .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
+            for (key_bytes, value) in stored {
+                let key: K = rmp_serde::from_slice(&key_bytes)
+                    .unwrap_or_else(|e| panic!("{}", self.codec("decode", e)));
+                if self.table.find(hash_of(&key), |(k, _)| *k == key).is_some() {
+                    continue; // the cache decides
+                }
+                let expires_at = i64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
+                if expires_at > now {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+
+    /// How many keys have a value.
+    pub(crate) fn len(&self) -> usize {
+        if self.durable.is_some() {
+            self.keys().len()
+        } else {
+            let now = self.now();
+            self.table
+                .iter()
+                .filter(|(_, s)| s.value.is_some() && s.expires_at > now)
+                .count()
+        }
+    }
+
+    /// Keeps the cache within its capacity before an entry is added.
+    fn make_room(&mut self) {
+        if self.table.len() < self.capacity || self.durable.is_none() {
+            return;
+        }
+        let epoch = self.durable.as_ref().map_or(0, |d| d.epoch);
+        self.write_dirty(epoch)
+            .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
+        self.table.clear();
+    }
+
+    /// Writes the dirty entries as versions of `epoch`.
+    fn write_dirty(&mut self, epoch: u64) -> Result<SnapshotStats, StateError> {
+        let Some(durable) = self.durable.clone() else {
+            return Ok(SnapshotStats::default());
+        };
+        let mut writes = Vec::new();
+        for (key, slot) in self.table.iter_mut().filter(|(_, s)| s.dirty) {
+            let key_bytes = rmp_serde::to_vec(key).map_err(|e| StateError::Codec {
+                state: self.name.clone(),
+                action: "encode",
+                message: e.to_string(),
+            })?;
+            let value = match &slot.value {
+                Some(value) => {
+                    let mut bytes = slot.expires_at.to_be_bytes().to_vec();
+                    rmp_serde::encode::write(&mut bytes, value).map_err(|e| StateError::Codec {
+                        state: self.name.clone(),
+                        action: "encode",
+                        message: e.to_string(),
+                    })?;
+                    bytes
+                }
+                None => Vec::new(),
+            };
+            writes.push(VersionedWrite {
+                prefix: Self::prefix(&durable, &key_bytes, key),
+                value,
+            });
+            slot.dirty = false;
+        }
+        let bytes = durable.store.write(epoch, &writes)?;
+        // Written deletions need no slot any more.
+        self.table.retain(|(_, slot)| slot.value.is_some());
+        Ok(SnapshotStats {
+            entries: writes.len() as u64,
+            bytes,
+        })
+    }
+
+    /// Writes what changed since the last snapshot as versions of checkpoint `epoch`; later
+    /// changes belong to the next epoch.
+    pub(crate) fn snapshot(&mut self, epoch: u64) -> Result<SnapshotStats, StateError> {
+        if self.durable.is_none() {
+            return Err(StateError::NotDurable {
+                state: self.name.clone(),
+            });
+        }
+        let stats = self.write_dirty(epoch)?;
+        if let Some(durable) = &mut self.durable {
+            durable.epoch = epoch + 1;
+        }
+        Ok(stats)
+    }
+}
