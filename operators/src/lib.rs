@@ -12,9 +12,14 @@ pub use omstream_core as core;
 
 mod filter;
 mod flat_map;
+#[cfg(test)]
+mod harness;
 pub mod join;
 mod map;
 mod process;
+mod restore;
+#[doc(hidden)]
+pub mod testing;
 mod timestamps;
 mod union;
 pub mod window;
@@ -38,5 +43,5 @@ pub mod prelude {
         Batch, Data, EventTime, JobConfig, JobHandle, JobReport, Key, KeyedStream, OperatorResult,
         Record, Stream, StreamEnv, TimeDomain, WatermarkStrategy, MAX_WATERMARK,
     };
-    pub use omstream_core::state::{ListState, MapState, ValueState};
+    pub use omstream_core::state::{KeyedState, ListState, MapState, StateOptions, ValueState};
 }

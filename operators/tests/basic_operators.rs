@@ -81,7 +81,7 @@ struct Timeouts {
 }
 
 impl KeyedProcessFunction<String, (String, i64), String> for Timeouts {
-    fn open(&mut self, states: &StateFactory<'_>) {
+    fn open(&mut self, states: &StateFactory<'_, String>) {
         self.last_seen = Some(states.value("last_seen"));
     }
 
@@ -151,7 +151,7 @@ struct Heartbeat {
 }
 
 impl KeyedProcessFunction<u8, u8, (EventTime, u64)> for Heartbeat {
-    fn open(&mut self, states: &StateFactory<'_>) {
+    fn open(&mut self, states: &StateFactory<'_, (EventTime, u64)>) {
         self.counts = Some(states.value("counts"));
     }
 

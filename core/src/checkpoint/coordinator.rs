@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{CheckpointConfig, CheckpointError, CheckpointRecord, CheckpointStore, JobFingerprint, SourceOffset};
+use super::{
+    CheckpointConfig, CheckpointError, CheckpointRecord, CheckpointStore, JobFingerprint,
+    SourceOffset,
+};
 use crate::runtime::{CheckpointBarrier, ProcessingClock, SourceCommand, SourcePositions};
 use crate::state::{SnapshotStats, StateStore};
 
@@ -97,7 +100,9 @@ pub(crate) struct Observer {
 impl Observer {
     /// Reports how long the subtask waited to align the barrier of `epoch`.
     pub(crate) fn alignment(&self, epoch: u64, millis: u64) {
-        let _ = self.sender.send(CheckpointMessage::Alignment { epoch, millis });
+        let _ = self
+            .sender
+            .send(CheckpointMessage::Alignment { epoch, millis });
     }
 }
 
@@ -113,7 +118,12 @@ pub(crate) struct Participant {
 
 impl Participant {
     /// Acknowledges the barrier of `epoch`.
-    pub(crate) fn ack(&mut self, epoch: u64, positions: Option<SourcePositions>, stats: SnapshotStats) {
+    pub(crate) fn ack(
+        &mut self,
+        epoch: u64,
+        positions: Option<SourcePositions>,
+        stats: SnapshotStats,
+    ) {
         let _ = self.sender.send(CheckpointMessage::Ack {
             participant: self.id,
             epoch,
@@ -398,4 +408,3 @@ impl Coordinator {
         Ok(())
     }
 }
-

@@ -27,6 +27,8 @@ mod error;
 mod record;
 mod restore;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;

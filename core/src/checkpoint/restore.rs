@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{CheckpointConfig, CheckpointError, CheckpointRecord, CheckpointStore, JobFingerprint, RestoreMode};
+use super::{
+    CheckpointConfig, CheckpointError, CheckpointRecord, CheckpointStore, JobFingerprint,
+    RestoreMode,
+};
 use crate::state::{DurableBackend, StateStore};
 
 /// What a run of a checkpointed job starts from.
@@ -46,7 +49,9 @@ pub(crate) fn prepare_run(
             partitions = record.sources.len(),
             "restoring checkpoint"
         ),
-        None => tracing::info!(job, dir = %config.dir.display(), "no checkpoint to restore; starting fresh"),
+        None => {
+            tracing::info!(job, dir = %config.dir.display(), "no checkpoint to restore; starting fresh")
+        }
     }
     let backend = DurableBackend::new(state.clone(), first_epoch, config.cache_capacity);
     Ok(PreparedRun {

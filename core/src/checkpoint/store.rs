@@ -123,12 +123,8 @@ impl CheckpointStore {
     /// Writes `record` atomically (temporary file, fsync, rename, fsync of the directory).
     pub fn write(&self, record: &CheckpointRecord) -> Result<(), CheckpointError> {
         let json = serde_json::to_vec_pretty(record).expect("a record serializes");
-        let mut bytes = format!(
-            "{MAGIC} {:08x} {}\n",
-            crc32fast::hash(&json),
-            json.len()
-        )
-        .into_bytes();
+        let mut bytes =
+            format!("{MAGIC} {:08x} {}\n", crc32fast::hash(&json), json.len()).into_bytes();
         bytes.extend_from_slice(&json);
         write_atomically(&self.path_of(record.epoch), &bytes)
     }
@@ -174,8 +170,12 @@ impl CheckpointStore {
     /// Every record file, newest first: the usable records, and the damaged files.
     pub fn list(&self) -> Result<(Vec<CheckpointRecord>, Vec<DamagedCheckpoint>), CheckpointError> {
         let mut paths = Vec::new();
-        for entry in fs::read_dir(&self.records).map_err(|e| CheckpointError::io(&self.records, e))? {
-            let path = entry.map_err(|e| CheckpointError::io(&self.records, e))?.path();
+        for entry in
+            fs::read_dir(&self.records).map_err(|e| CheckpointError::io(&self.records, e))?
+        {
+            let path = entry
+                .map_err(|e| CheckpointError::io(&self.records, e))?
+                .path();
             if path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) {
                 paths.push(path);
             }
@@ -200,7 +200,10 @@ impl CheckpointStore {
         let (records, damaged) = self.list()?;
         let latest = records.into_iter().next();
         for bad in damaged {
-            if latest.as_ref().is_none_or(|r| epoch_of_path(&bad.path) > Some(r.epoch)) {
+            if latest
+                .as_ref()
+                .is_none_or(|r| epoch_of_path(&bad.path) > Some(r.epoch))
+            {
                 tracing::warn!(
                     file = %bad.path.display(),
                     problem = %bad.problem,
@@ -239,7 +242,7 @@ impl CheckpointStore {
                 }
             }
         }
-        Ok(records.iter().take(keep).last().map(|r| r.epoch))
+        Ok(records.iter().take(keep).next_back().map(|r| r.epoch))
     }
 
     /// Deletes every record and the state store: a fresh start of the same job.
@@ -334,7 +337,10 @@ mod tests {
         CheckpointStore::open(dir.path(), "orders").unwrap();
         let error = CheckpointStore::open(dir.path(), "payments").unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("orders") && message.contains("payments"), "{message}");
+        assert!(
+            message.contains("orders") && message.contains("payments"),
+            "{message}"
+        );
     }
 
     #[test]

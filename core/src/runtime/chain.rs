@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use super::element::{Batch, EventTime, StreamElement};
 use super::error::{Result, RuntimeError};
 use super::operator::{Operator, OperatorContext};
+use super::partition::{key_group, subtask_for_key_group, Partitioning};
 use crate::checkpoint::Participant;
 use crate::state::SnapshotStats;
-use super::partition::{key_group, subtask_for_key_group, Partitioning};
 
 /// The receiving end of one fused stage of a subtask.
 #[async_trait]

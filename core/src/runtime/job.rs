@@ -93,7 +93,13 @@ impl StreamEnv {
                 ),
                 StateBackend::Durable(run.backend.clone()),
             ));
-            checkpointing = Some((run, messages_receiver, completed, checkpoints.clone(), fingerprint));
+            checkpointing = Some((
+                run,
+                messages_receiver,
+                completed,
+                checkpoints.clone(),
+                fingerprint,
+            ));
         }
         let mut built = self.build(clock, stop_receiver, job_end, wiring)?;
         let metrics = self.lock().metrics.clone();
@@ -182,7 +188,11 @@ impl JobHandle {
             .map_err(|_| RuntimeError::InvalidJob("the job has ended".to_string()))?;
         answered
             .await
-            .map_err(|_| RuntimeError::InvalidJob("the job ended before the checkpoint completed".to_string()))?
+            .map_err(|_| {
+                RuntimeError::InvalidJob(
+                    "the job ended before the checkpoint completed".to_string(),
+                )
+            })?
             .map_err(RuntimeError::InvalidJob)
     }
 

@@ -117,6 +117,7 @@ pub enum SourceCommand {
 }
 
 /// Runs one source subtask until its input ends, the job is stopped, or it fails.
+#[allow(clippy::too_many_arguments)] // each is one channel or handle of the subtask
 pub(crate) async fn run_source<T: Send + 'static>(
     mut source: Box<dyn Source<T>>,
     mut chain: Box<dyn Chain<T>>,

@@ -134,8 +134,8 @@ where
 
     fn decode_value(&self, bytes: &[u8]) -> (i64, V) {
         let expires_at = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let value =
-            rmp_serde::from_slice(&bytes[8..]).unwrap_or_else(|e| panic!("{}", self.codec("decode", e)));
+        let value = rmp_serde::from_slice(&bytes[8..])
+            .unwrap_or_else(|e| panic!("{}", self.codec("decode", e)));
         (expires_at, value)
     }
 
@@ -190,9 +190,7 @@ where
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let expires_at = self.expiry();
         let slot = self.slot(key)?;
-        if slot.value.is_none() {
-            return None;
-        }
+        slot.value.as_ref()?;
         slot.dirty = true;
         slot.expires_at = expires_at;
         slot.value.as_mut()

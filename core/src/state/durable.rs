@@ -225,7 +225,10 @@ where
     V: Send + Serialize + DeserializeOwned,
 {
     fn add(&mut self, key: &K, value: V) {
-        self.table.get_or_insert_with(key, &mut Vec::new).0.push(value);
+        self.table
+            .get_or_insert_with(key, &mut Vec::new)
+            .0
+            .push(value);
     }
 
     fn get(&mut self, key: &K) -> &[V] {

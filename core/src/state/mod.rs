@@ -245,7 +245,9 @@ impl StateBackend {
     ) -> Box<dyn ValueState<K, V>> {
         match (self, options.ttl(clock)) {
             (StateBackend::Heap, None) => Box::new(HeapValueState::new(name)),
-            (StateBackend::Heap, Some(ttl)) => Box::new(CachedValueState::new(name, heap_table(ttl))),
+            (StateBackend::Heap, Some(ttl)) => {
+                Box::new(CachedValueState::new(name, heap_table(ttl)))
+            }
             (StateBackend::Durable(backend), ttl) => Box::new(CachedValueState::new(
                 name,
                 backend.table(subtask, name, ttl),
@@ -264,10 +266,9 @@ impl StateBackend {
         match (self, options.ttl(clock)) {
             (StateBackend::Heap, None) => Box::new(HeapMapState::new(name)),
             (StateBackend::Heap, Some(ttl)) => Box::new(CachedMapState::new(name, heap_table(ttl))),
-            (StateBackend::Durable(backend), ttl) => Box::new(CachedMapState::new(
-                name,
-                backend.table(subtask, name, ttl),
-            )),
+            (StateBackend::Durable(backend), ttl) => {
+                Box::new(CachedMapState::new(name, backend.table(subtask, name, ttl)))
+            }
         }
     }
 

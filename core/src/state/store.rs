@@ -407,7 +407,11 @@ mod tests {
         let first = store.begin_run(2).unwrap();
         assert!(first > 4);
         assert_eq!(read(&store, b"a").as_deref(), Some(&b"one"[..]));
-        assert_eq!(read(&store, b"ab"), None, "written only in an aborted epoch");
+        assert_eq!(
+            read(&store, b"ab"),
+            None,
+            "written only in an aborted epoch"
+        );
         write(&store, first, b"a", b"three");
         assert_eq!(read(&store, b"a").as_deref(), Some(&b"three"[..]));
         let keys = store.scan(0, 0..=127).unwrap();

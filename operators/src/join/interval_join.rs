@@ -1,17 +1,23 @@
 //! `interval_join`: the pairs of two keyed streams that share a key and are close in time.
+//!
+//! Restore: the cleanup timers of both sides are mirrored per key in keyed state (durable
+//! backend, [`TimerMirror`]) and registered again in `on_start`, with the watermark the
+//! checkpoint had seen ([`SubtaskValue`]).
 
 use std::sync::Arc;
 
 use omstream_core::runtime::{
     Batch, Data, EventTime, KeyedStream, Operator, OperatorContext, OperatorResult, Record, Stream,
-    SubtaskInfo, TimerQueue, MIN_WATERMARK,
+    SubtaskInfo, TimerQueue,
 };
-use omstream_core::state::{MapState, StateKey, StateValue};
+use omstream_core::state::{KeyedState, MapState, StateKey, StateValue};
+use serde::{Deserialize, Serialize};
 
 use super::bounds::IntervalBounds;
 use super::connect::{connect_keyed, KeyFn};
 use super::either::Either;
 use super::stats::{JoinLeft, JoinStats};
+use crate::restore::{SubtaskValue, TimerMirror};
 
 const NOT_STARTED: &str = "interval_join: used before on_start";
 
@@ -129,7 +135,18 @@ pub(crate) struct IntervalJoinOperator<K, L, R, F> {
     /// which no record of the other side that is not late can match it any more.
     left_cleanup: TimerQueue<(K, EventTime)>,
     right_cleanup: TimerQueue<(K, EventTime)>,
-    watermark: EventTime,
+    /// Both sides' cleanup timers, kept in keyed state for a restore: the side and the
+    /// buffered timestamp per timer.
+    mirror: TimerMirror<K, (Side, EventTime)>,
+    /// The watermark seen, kept across restores.
+    watermark: SubtaskValue<EventTime>,
+}
+
+/// Which input a buffered record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Side {
+    Left,
+    Right,
 }
 
 struct Buffers<K, L, R> {
@@ -154,16 +171,20 @@ impl<K, L, R, F> IntervalJoinOperator<K, L, R, F> {
             buffers: None,
             left_cleanup: TimerQueue::default(),
             right_cleanup: TimerQueue::default(),
-            watermark: MIN_WATERMARK,
+            mirror: TimerMirror::default(),
+            watermark: SubtaskValue::watermark(),
         }
     }
 }
 
 /// Keeps `value` under `(key, timestamp)` until the watermark reaches `until`, unless it
 /// already has (then nothing that is not late can match it).
+#[allow(clippy::too_many_arguments)]
 fn buffer<K: StateKey, V>(
     state: &mut dyn MapState<K, EventTime, Vec<V>>,
     cleanup: &mut TimerQueue<(K, EventTime)>,
+    mirror: &mut TimerMirror<K, (Side, EventTime)>,
+    side: Side,
     watermark: EventTime,
     key: K,
     timestamp: EventTime,
@@ -176,6 +197,8 @@ fn buffer<K: StateKey, V>(
     let (list, created) = state.get_or_insert_with(&key, &timestamp, &mut Vec::new);
     list.push(value);
     if created {
+        // A new (key, timestamp) of the side: its timer is new too.
+        mirror.add(&key, until, (side, timestamp));
         cleanup.register(until, (key, timestamp));
     }
 }
@@ -194,6 +217,14 @@ where
             left: ctx.map_state("interval_join.left"),
             right: ctx.map_state("interval_join.right"),
         });
+        self.mirror = TimerMirror::open(ctx, "interval_join.timers");
+        self.watermark.open(ctx, "interval_join.watermark");
+        for (key, until, (side, timestamp)) in self.mirror.restore() {
+            match side {
+                Side::Left => self.left_cleanup.register(until, (key, timestamp)),
+                Side::Right => self.right_cleanup.register(until, (key, timestamp)),
+            };
+        }
         Ok(())
     }
 
@@ -204,7 +235,7 @@ where
     ) -> OperatorResult {
         let buffers = self.buffers.as_mut().ok_or(NOT_STARTED)?;
         let (lower, upper) = (self.bounds.lower(), self.bounds.upper());
-        let (watermark, join, out) = (self.watermark, &*self.join, ctx.output_mut());
+        let (watermark, join, out) = (*self.watermark.get(), &*self.join, ctx.output_mut());
         for Record { timestamp, value } in batch {
             if timestamp <= watermark {
                 match value {
@@ -227,7 +258,10 @@ where
                         }
                     });
                     let (state, cleanup) = (&mut *buffers.left, &mut self.left_cleanup);
-                    buffer(state, cleanup, watermark, key, timestamp, to, l);
+                    let (mirror, side) = (&mut self.mirror, Side::Left);
+                    buffer(
+                        state, cleanup, mirror, side, watermark, key, timestamp, to, l,
+                    );
                 }
                 Either::Right(r) => {
                     let key = (self.right_key)(&r);
@@ -242,7 +276,10 @@ where
                         }
                     });
                     let (state, cleanup) = (&mut *buffers.right, &mut self.right_cleanup);
-                    buffer(state, cleanup, watermark, key, timestamp, to, r);
+                    let (mirror, side) = (&mut self.mirror, Side::Right);
+                    buffer(
+                        state, cleanup, mirror, side, watermark, key, timestamp, to, r,
+                    );
                 }
             }
         }
@@ -250,15 +287,28 @@ where
     }
 
     fn on_watermark(&mut self, watermark: EventTime, _: &mut OperatorContext<O>) -> OperatorResult {
-        self.watermark = watermark;
+        let watermark = self.watermark.advance(watermark);
         let buffers = self.buffers.as_mut().ok_or(NOT_STARTED)?;
-        while let Some((_, (key, timestamp))) = self.left_cleanup.pop_due(watermark) {
+        while let Some((until, (key, timestamp))) = self.left_cleanup.pop_due(watermark) {
             buffers.left.remove(&key, &timestamp);
+            self.mirror.remove(&key, until, &(Side::Left, timestamp));
         }
-        while let Some((_, (key, timestamp))) = self.right_cleanup.pop_due(watermark) {
+        while let Some((until, (key, timestamp))) = self.right_cleanup.pop_due(watermark) {
             buffers.right.remove(&key, &timestamp);
+            self.mirror.remove(&key, until, &(Side::Right, timestamp));
         }
         Ok(())
+    }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states: Vec<&mut dyn KeyedState> = Vec::new();
+        if let Some(buffers) = self.buffers.as_mut() {
+            states.push(&mut *buffers.left);
+            states.push(&mut *buffers.right);
+        }
+        states.extend(self.mirror.keyed_state());
+        states.extend(self.watermark.keyed_state());
+        states
     }
 }
 

@@ -21,13 +21,11 @@
 mod bounds;
 mod connect;
 mod either;
-#[cfg(test)]
-mod harness;
-mod interval_join;
+pub(crate) mod interval_join;
 mod stats;
 mod table_join;
-mod temporal_join;
-mod window_join;
+pub(crate) mod temporal_join;
+pub(crate) mod window_join;
 
 pub use bounds::IntervalBounds;
 pub use either::Either;

@@ -1,5 +1,10 @@
 //! The operator behind the stream-table joins: each left record waits until the watermark
 //! reaches its time, then meets the table's version for its key as of that time.
+//!
+//! Restore: the timers (waiting records and version pruning) are mirrored per key in keyed
+//! state (durable backend, [`TimerMirror`]) and registered again in `on_start`; the watermark
+//! and the newest pruned tombstone, which decide what is late, are kept per subtask
+//! ([`SubtaskValue`]).
 
 use std::sync::Arc;
 
@@ -7,11 +12,13 @@ use omstream_core::runtime::{
     Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, Record, TimerQueue,
     MIN_WATERMARK,
 };
-use omstream_core::state::{MapState, StateKey, StateValue};
+use omstream_core::state::{KeyedState, MapState, StateKey, StateValue};
+use serde::{Deserialize, Serialize};
 
 use super::connect::KeyFn;
 use super::either::Either;
 use super::stats::JoinStats;
+use crate::restore::{SubtaskValue, TimerMirror};
 
 const NOT_STARTED: &str = "join_table: used before on_start";
 
@@ -35,6 +42,18 @@ pub(crate) struct TemporalJoinOperator<K, L, U, R, F> {
     pruned_tombstones_up_to: EventTime,
     /// Scratch space for pruning (reused: no allocation per prune).
     stale: Vec<EventTime>,
+    /// Both timer queues, kept in keyed state for a restore.
+    mirror: TimerMirror<K, Queue>,
+    /// `(watermark, pruned_tombstones_up_to)`, kept across restores; after a change of
+    /// parallelism, the lowest watermark and the highest tombstone of the restored subtasks.
+    progress: SubtaskValue<(EventTime, EventTime)>,
+}
+
+/// Which queue a mirrored timer is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Queue {
+    Waiting,
+    Prune,
 }
 
 struct State<K, L, R> {
@@ -90,6 +109,10 @@ impl<K, L, U, R, F> TemporalJoinOperator<K, L, U, R, F> {
             watermark: MIN_WATERMARK,
             pruned_tombstones_up_to: MIN_WATERMARK,
             stale: Vec::new(),
+            mirror: TimerMirror::default(),
+            progress: SubtaskValue::new((MIN_WATERMARK, MIN_WATERMARK), |a, b| {
+                (a.0.min(b.0), a.1.max(b.1))
+            }),
         }
     }
 }
@@ -146,6 +169,7 @@ where
             }
         }
         state.versions.insert(&key, time, value);
+        self.mirror.add(&key, time, Queue::Prune);
         self.prune.register(time, key);
         Ok(())
     }
@@ -194,6 +218,15 @@ where
             waiting: ctx.map_state("join_table.waiting"),
             versions: ctx.map_state("join_table.versions"),
         });
+        self.mirror = TimerMirror::open(ctx, "join_table.timers");
+        self.progress.open(ctx, "join_table.progress");
+        (self.watermark, self.pruned_tombstones_up_to) = *self.progress.get();
+        for (key, time, queue) in self.mirror.restore() {
+            match queue {
+                Queue::Waiting => self.waiting.register(time, key),
+                Queue::Prune => self.prune.register(time, key),
+            };
+        }
         Ok(())
     }
 
@@ -217,6 +250,8 @@ where
                             .get_or_insert_with(&key, &timestamp, &mut Vec::new);
                     list.push(left);
                     if created {
+                        // A new (key, time) of waiting records: its timer is new too.
+                        self.mirror.add(&key, timestamp, Queue::Waiting);
                         self.waiting.register(timestamp, key);
                     }
                 }
@@ -234,10 +269,13 @@ where
         watermark: EventTime,
         ctx: &mut OperatorContext<O>,
     ) -> OperatorResult {
+        // A restored subtask may be sent lower watermarks again.
+        let watermark = watermark.max(self.watermark);
         self.watermark = watermark;
         let state = self.state.as_mut().ok_or(NOT_STARTED)?;
         // Every waiting record up to the watermark first, against versions not yet pruned.
         while let Some((time, key)) = self.waiting.pop_due(watermark) {
+            self.mirror.remove(&key, time, &Queue::Waiting);
             let Some(lefts) = state.waiting.remove(&key, &time) else {
                 continue;
             };
@@ -252,10 +290,24 @@ where
                 }
             }
         }
-        while let Some((_, key)) = self.prune.pop_due(watermark) {
+        while let Some((time, key)) = self.prune.pop_due(watermark) {
+            self.mirror.remove(&key, time, &Queue::Prune);
             self.prune(&key)?;
         }
+        self.progress
+            .set((self.watermark, self.pruned_tombstones_up_to));
         Ok(())
+    }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states: Vec<&mut dyn KeyedState> = Vec::new();
+        if let Some(state) = self.state.as_mut() {
+            states.push(&mut *state.waiting);
+            states.push(&mut *state.versions);
+        }
+        states.extend(self.mirror.keyed_state());
+        states.extend(self.progress.keyed_state());
+        states
     }
 }
 

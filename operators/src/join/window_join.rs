@@ -1,16 +1,21 @@
 //! `window_join`: the pairs of two keyed streams that share a key and a time window.
+//!
+//! Restore: the firing timers are mirrored per key in keyed state (durable backend,
+//! [`TimerMirror`]) and registered again in `on_start`, with the watermark the checkpoint had
+//! seen ([`SubtaskValue`]).
 
 use std::sync::Arc;
 
 use omstream_core::runtime::{
     Batch, Data, EventTime, KeyedStream, Operator, OperatorContext, OperatorResult, RuntimeError,
-    Stream, SubtaskInfo, TimerQueue, MIN_WATERMARK,
+    Stream, SubtaskInfo, TimerQueue,
 };
-use omstream_core::state::{MapState, StateKey, StateValue};
+use omstream_core::state::{KeyedState, MapState, StateKey, StateValue};
 
 use super::connect::{connect_keyed, KeyFn};
 use super::either::Either;
 use super::stats::{JoinLeft, JoinStats};
+use crate::restore::{SubtaskValue, TimerMirror};
 use crate::window::{TimeWindow, TimeWindows};
 
 const NOT_STARTED: &str = "window_join: used before on_start";
@@ -138,7 +143,10 @@ pub(crate) struct WindowJoinOperator<K, L, R, F> {
     /// One timer per (key, window), at the window's max timestamp; the window is recovered
     /// from it because tumbling and sliding windows have one size.
     timers: TimerQueue<K>,
-    watermark: EventTime,
+    /// The timers, kept in keyed state for a restore.
+    mirror: TimerMirror<K, ()>,
+    /// The watermark seen, kept across restores.
+    watermark: SubtaskValue<EventTime>,
     /// Scratch space for the windows of the record being handled (reused: no allocation per
     /// record).
     windows_of_record: Vec<TimeWindow>,
@@ -161,7 +169,8 @@ impl<K, L, R, F> WindowJoinOperator<K, L, R, F> {
             stats,
             buffers: None,
             timers: TimerQueue::default(),
-            watermark: MIN_WATERMARK,
+            mirror: TimerMirror::default(),
+            watermark: SubtaskValue::watermark(),
             windows_of_record: Vec::new(),
         }
     }
@@ -189,6 +198,7 @@ fn window_size(windows: &TimeWindows) -> Result<i64, RuntimeError> {
 fn buffer<K: StateKey, V: Clone>(
     state: &mut dyn MapState<K, TimeWindow, Vec<V>>,
     timers: &mut TimerQueue<K>,
+    mirror: &mut TimerMirror<K, ()>,
     key: &K,
     windows: &[TimeWindow],
     value: V,
@@ -200,7 +210,9 @@ fn buffer<K: StateKey, V: Clone>(
         let (list, created) = state.get_or_insert_with(key, window, &mut Vec::new);
         list.push(value);
         if created {
-            // The other side may have scheduled it already; the queue keeps one.
+            // The other side may have scheduled it already; the queue (and the mirror) keep
+            // one.
+            mirror.add(key, window.max_timestamp(), ());
             timers.register(window.max_timestamp(), key.clone());
         }
     };
@@ -224,6 +236,11 @@ where
             left: ctx.map_state("window_join.left"),
             right: ctx.map_state("window_join.right"),
         });
+        self.mirror = TimerMirror::open(ctx, "window_join.timers");
+        self.watermark.open(ctx, "window_join.watermark");
+        for (key, time, ()) in self.mirror.restore() {
+            self.timers.register(time, key);
+        }
         Ok(())
     }
 
@@ -233,7 +250,7 @@ where
         _: &mut OperatorContext<O>,
     ) -> OperatorResult {
         let buffers = self.buffers.as_mut().ok_or(NOT_STARTED)?;
-        let watermark = self.watermark;
+        let watermark = *self.watermark.get();
         for record in batch {
             let windows = &mut self.windows_of_record;
             windows.clear();
@@ -254,11 +271,13 @@ where
             match record.value {
                 Either::Left(l) => {
                     let key = (self.left_key)(&l);
-                    buffer(&mut *buffers.left, &mut self.timers, &key, windows, l);
+                    let (timers, mirror) = (&mut self.timers, &mut self.mirror);
+                    buffer(&mut *buffers.left, timers, mirror, &key, windows, l);
                 }
                 Either::Right(r) => {
                     let key = (self.right_key)(&r);
-                    buffer(&mut *buffers.right, &mut self.timers, &key, windows, r);
+                    let (timers, mirror) = (&mut self.timers, &mut self.mirror);
+                    buffer(&mut *buffers.right, timers, mirror, &key, windows, r);
                 }
             }
         }
@@ -270,10 +289,11 @@ where
         watermark: EventTime,
         ctx: &mut OperatorContext<O>,
     ) -> OperatorResult {
-        self.watermark = watermark;
+        let watermark = self.watermark.advance(watermark);
         let size = self.size;
         let buffers = self.buffers.as_mut().ok_or(NOT_STARTED)?;
         while let Some((time, key)) = self.timers.pop_due(watermark) {
+            self.mirror.remove(&key, time, &());
             let window = TimeWindow::new(time + 1 - size, time + 1);
             let lefts = buffers.left.remove(&key, &window);
             let rights = buffers.right.remove(&key, &window);
@@ -288,6 +308,17 @@ where
             }
         }
         Ok(())
+    }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states: Vec<&mut dyn KeyedState> = Vec::new();
+        if let Some(buffers) = self.buffers.as_mut() {
+            states.push(&mut *buffers.left);
+            states.push(&mut *buffers.right);
+        }
+        states.extend(self.mirror.keyed_state());
+        states.extend(self.watermark.keyed_state());
+        states
     }
 }
 

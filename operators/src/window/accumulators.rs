@@ -11,12 +11,12 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use omstream_core::runtime::{EventTime, OperatorContext};
-use omstream_core::state::{StateKey, ValueState};
+use omstream_core::state::{KeyedState, StateKey, ValueState};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::AggregateFunction;
 use super::assigner::TimeWindow;
-use super::contents::{Firing, WindowContents};
+use super::contents::{Firing, StoredKey, WindowContents};
 use super::key_timers::NO_TIMER;
 
 /// A key's accumulators by id: never empty (a key without any has no state).
@@ -243,6 +243,27 @@ impl<K: StateKey, T: 'static, A: AggregateFunction<T>> WindowContents<K, T>
         if let Some(false) = state.get_mut(key).map(|accs| accs.retain_from(from)) {
             state.remove(key);
         }
+    }
+
+    fn stored_keys(&mut self) -> Vec<StoredKey<K>> {
+        let (_, state) = parts!(self);
+        let mut stored = Vec::new();
+        for key in state.keys() {
+            if let Some(accs) = state.get(&key) {
+                let ids = accs.iter().map(|(id, _)| *id).collect();
+                let timer = accs.timer;
+                stored.push(StoredKey { key, timer, ids });
+            }
+        }
+        stored
+    }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        self.state
+            .as_deref_mut()
+            .map(|state| state as &mut dyn KeyedState)
+            .into_iter()
+            .collect()
     }
 }
 

@@ -7,6 +7,7 @@
 use std::ops::Range;
 
 use omstream_core::runtime::{Data, EventTime, OperatorContext};
+use omstream_core::state::KeyedState;
 
 use super::assigner::TimeWindow;
 
@@ -54,6 +55,23 @@ pub(crate) trait WindowContents<K, T>: Send + 'static {
         firing: &Firing,
         next_timer: impl FnOnce(i64) -> EventTime,
     ) -> Option<(Option<Self::Out>, Option<EventTime>)>;
+
+    /// Every key with entries, with its timer slot and entry ids: what a restored time
+    /// window rebuilds its timers from.
+    fn stored_keys(&mut self) -> Vec<StoredKey<K>>;
+
+    /// The keyed states created in [`open`](WindowContents::open), for checkpoints.
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState>;
+}
+
+/// A key's entries as its state holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredKey<K> {
+    pub(crate) key: K,
+    /// The key's timer slot ([`NO_TIMER`](super::key_timers::NO_TIMER) when it has none).
+    pub(crate) timer: EventTime,
+    /// The ids of its entries, in order.
+    pub(crate) ids: Vec<i64>,
 }
 
 /// A window firing on its key's timer.

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use omstream_core::runtime::{Batch, Data, EventTime, Operator, OperatorContext, OperatorResult};
-use omstream_core::state::{StateKey, ValueState};
+use omstream_core::state::{KeyedState, StateKey, ValueState};
 use serde::{Deserialize, Serialize};
 
 use super::assigner::TimeWindow;
@@ -157,5 +157,14 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
             self.add(key, record.timestamp, record.value, ctx);
         }
         Ok(())
+    }
+
+    /// Count windows have no timers: their state is all a restore needs.
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states = self.contents.keyed_state();
+        if let Some(panes) = self.panes.as_deref_mut() {
+            states.push(panes);
+        }
+        states
     }
 }

@@ -7,11 +7,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use omstream_core::runtime::{Data, EventTime, OperatorContext};
-use omstream_core::state::{ListState, StateKey, StateValue, ValueState};
+use omstream_core::state::{KeyedState, ListState, StateKey, StateValue, ValueState};
 use serde::{Deserialize, Serialize};
 
 use super::assigner::TimeWindow;
-use super::contents::{Firing, WindowContents};
+use super::contents::{Firing, StoredKey, WindowContents};
 use super::key_timers::NO_TIMER;
 
 /// A full-window function: `(key, window, records) -> result`.
@@ -218,5 +218,28 @@ impl<K: StateKey, T: StateValue + Sync, O: Data> WindowContents<K, T> for Record
             self.retain_from(key, firing.later_from);
         }
         Some((result, next))
+    }
+
+    fn stored_keys(&mut self) -> Vec<StoredKey<K>> {
+        let (index, _) = states!(self);
+        let mut stored = Vec::new();
+        for key in index.keys() {
+            if let Some(ids) = index.get(&key) {
+                let (timer, ids) = (ids.timer, ids.ids.iter().map(|(id, _)| *id).collect());
+                stored.push(StoredKey { key, timer, ids });
+            }
+        }
+        stored
+    }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states: Vec<&mut dyn KeyedState> = Vec::new();
+        if let Some(index) = self.index.as_deref_mut() {
+            states.push(index);
+        }
+        if let Some(records) = self.records.as_deref_mut() {
+            states.push(records);
+        }
+        states
     }
 }

@@ -57,6 +57,8 @@ mod windowed_stream;
 pub use aggregate::{AggregateFunction, Avg, Count, Max, Min, Reduce, Sum};
 pub use assigner::{TimeWindow, TimeWindows};
 pub use keyed_window::Window;
+#[doc(hidden)]
+pub use output::WindowEvent;
 pub use output::{WindowResults, Windowed};
 pub use windowed_stream::WindowedStream;
 

@@ -32,10 +32,13 @@ pub struct Windowed<K, V> {
 }
 
 /// What the window operator emits: results and late records on one edge, split downstream by
-/// two forward (fused) operators.
-#[derive(Debug, Clone)]
-pub(crate) enum WindowEvent<K, V, T> {
+/// two forward (fused) operators. Public only for tests that drive a window operator by hand
+/// (see `omstream_operators::testing`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowEvent<K, V, T> {
+    /// A window's result.
     Result(Windowed<K, V>),
+    /// A record too late for every window it belongs to.
     Late(T),
 }
 

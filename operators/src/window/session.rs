@@ -14,13 +14,18 @@
 //! timestamp is at or below `watermark - lateness`; such a record can never touch a dropped
 //! session. A record that joins a session that already fired re-fires it at once (or, if the
 //! session now reaches past the watermark, when it does) as an update.
+//!
+//! Restore: the sessions state says everything the timers did. In `on_start`, each key with a
+//! pending session is armed at its earliest pending fire time (a firing re-arms it for the
+//! next), and, with lateness, each fired session gets its cleanup again; the watermark the
+//! checkpoint had seen is restored with the state ([`SubtaskValue`]).
 
 use std::sync::Arc;
 
 use omstream_core::runtime::{
     Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, TimerQueue,
 };
-use omstream_core::state::{StateKey, ValueState};
+use omstream_core::state::{KeyedState, StateKey, ValueState};
 use serde::{Deserialize, Serialize};
 
 use super::assigner::TimeWindow;
@@ -28,6 +33,7 @@ use super::clocked::{self, Clocked};
 use super::contents::WindowContents;
 use super::output::{WindowEvent, WindowOutput};
 use super::spec::{is_placeable, WindowSpec};
+use crate::restore::SubtaskValue;
 
 type Ctx<K, C, T> = OperatorContext<WindowEvent<K, <C as WindowContents<K, T>>::Out, T>>;
 
@@ -88,6 +94,8 @@ pub(crate) struct SessionOperator<K, T, C> {
     cleanup: TimerQueue<K>,
     output: WindowOutput,
     merged_ids: Vec<i64>,
+    /// The watermark seen (event time), kept across restores.
+    watermark: SubtaskValue<EventTime>,
 }
 
 impl<K: StateKey, T: Data, C: WindowContents<K, T>> SessionOperator<K, T, C> {
@@ -108,6 +116,32 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> SessionOperator<K, T, C> {
             cleanup: TimerQueue::default(),
             output,
             merged_ids: Vec::new(),
+            watermark: SubtaskValue::watermark(),
+        }
+    }
+
+    /// Registers again the timers of the sessions the state holds (after a restore; on a
+    /// fresh start there are none).
+    fn restore_timers(&mut self) {
+        let state = self.sessions.as_deref_mut().expect("created in on_start");
+        let (spec, lateness) = (self.spec, self.spec.lateness);
+        for key in state.keys() {
+            let Some(sessions) = state.get(&key) else {
+                continue;
+            };
+            let mut next: Option<EventTime> = None;
+            for session in sessions {
+                let fire_at = spec.fire_time(session.window.end);
+                if session.pending {
+                    next = Some(next.map_or(fire_at, |n| n.min(fire_at)));
+                } else if lateness > 0 {
+                    self.cleanup
+                        .register(fire_at.saturating_add(lateness), key.clone());
+                }
+            }
+            if let Some(next) = next {
+                self.fire.register(next, key);
+            }
         }
     }
 
@@ -248,6 +282,9 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
         self.spec.validate()?;
         self.contents.open(ctx, 1);
         self.sessions = Some(ctx.value_state("window-sessions"));
+        self.watermark.open(ctx, "window-watermark");
+        self.restore_timers();
+        clocked::request_next_wakeup(self, ctx);
         Ok(())
     }
 
@@ -256,7 +293,7 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
         let now = if processing {
             ctx.processing_time()
         } else {
-            ctx.watermark()
+            ctx.watermark().max(*self.watermark.get())
         };
         for record in batch {
             let time = if processing { now } else { record.timestamp };
@@ -273,6 +310,7 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
     }
 
     fn on_watermark(&mut self, watermark: EventTime, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
+        let watermark = self.watermark.advance(watermark);
         clocked::on_watermark(self, watermark, ctx);
         Ok(())
     }
@@ -286,11 +324,107 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
         clocked::on_end(self, ctx);
         Ok(())
     }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states = self.contents.keyed_state();
+        if let Some(sessions) = self.sessions.as_deref_mut() {
+            states.push(sessions);
+        }
+        states.extend(self.watermark.keyed_state());
+        states
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::harness::{DurableStore, Harness};
+    use crate::window::accumulators::AggregateContents;
+    use crate::window::aggregate::Count;
+    use crate::window::assigner::TimeWindows;
+    use crate::window::output::Windowed;
+    use crate::window::spec::WindowKind;
+
+    type Contents = AggregateContents<u32, u32, Count>;
+    type Event = WindowEvent<u32, u64, u32>;
+    type TestSessions = Harness<u32, Event, SessionOperator<u32, u32, Contents>>;
+
+    fn started(durable: &DurableStore) -> TestSessions {
+        let spec = WindowSpec {
+            lateness: 50,
+            ..WindowSpec::new(WindowKind::Time(TimeWindows::session(
+                Duration::from_millis(10),
+            )))
+        };
+        let operator = SessionOperator::new(
+            spec,
+            10,
+            Arc::new(|k: &u32| *k),
+            AggregateContents::new(Count),
+            WindowOutput::new(true),
+        );
+        Harness::start_with(operator, durable.backend(4)).expect("starts")
+    }
+
+    fn result(start: i64, end: i64, key: u32, value: u64, is_update: bool) -> (EventTime, String) {
+        let window = TimeWindow::new(start, end);
+        let event: Event = WindowEvent::Result(Windowed {
+            key,
+            window,
+            value,
+            is_update,
+        });
+        (window.max_timestamp(), format!("{event:?}"))
+    }
+
+    fn take(sessions: &mut TestSessions) -> Vec<(EventTime, String)> {
+        let mut out: Vec<_> = sessions
+            .take()
+            .into_iter()
+            .map(|(t, e)| (t, format!("{e:?}")))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn restored_sessions_fire_update_and_expire_as_before_the_crash() {
+        let mut durable = DurableStore::new();
+        let mut sessions = started(&durable);
+        sessions.push(vec![(10, 1), (12, 2), (100, 1)]);
+        sessions.watermark(40);
+        assert_eq!(
+            take(&mut sessions),
+            vec![result(10, 20, 1, 1, false), result(12, 22, 2, 1, false)]
+        );
+        let checkpoint = durable.checkpoint(&mut sessions);
+        sessions.push(vec![(15, 1)]);
+        sessions.watermark(300);
+        drop(sessions);
+
+        durable.restore(checkpoint);
+        let mut sessions = started(&durable);
+        let op = sessions.operator();
+        assert_eq!(
+            op.fire.next_time(),
+            Some(109),
+            "the pending session is armed"
+        );
+        assert_eq!(op.cleanup.len(), 2, "the fired sessions expire again");
+        // Within the lateness, as the restored watermark says: [10, 20) grows to [10, 25).
+        sessions.push(vec![(15, 1)]);
+        assert_eq!(take(&mut sessions), vec![result(10, 25, 1, 2, true)]);
+        sessions.watermark(300);
+        assert_eq!(take(&mut sessions), vec![result(100, 110, 1, 1, false)]);
+        let op = sessions.operator();
+        assert!(
+            op.sessions.as_deref().expect("started").keys().is_empty(),
+            "every session expired and was dropped"
+        );
+        assert_eq!(op.contents.stored_keys(), vec![]);
+    }
 
     fn session(start: i64, end: i64) -> Session {
         Session {

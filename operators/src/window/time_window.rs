@@ -12,20 +12,26 @@
 //! fired and has not expired is emitted again at once as an update.
 //! A window's panes are dropped when it expires: at its firing without lateness, else by a
 //! cleanup timer.
+//!
+//! Restore: the timers are rebuilt in `on_start` from the keyed state, which holds every key's
+//! timer slot and panes: each key is armed at its slot, and (with lateness) a cleanup is
+//! registered at the expiry of each of its panes. The watermark the checkpoint had seen is
+//! restored with it ([`SubtaskValue`]), so records are late exactly as before the crash.
 
 use std::sync::Arc;
 
 use omstream_core::runtime::{
     Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, TimerQueue,
 };
-use omstream_core::state::StateKey;
+use omstream_core::state::{KeyedState, StateKey};
 
 use super::clocked::{self, Clocked};
-use super::contents::{Firing, WindowContents};
-use super::key_timers::KeyTimers;
+use super::contents::{Firing, StoredKey, WindowContents};
+use super::key_timers::{KeyTimers, NO_TIMER};
 use super::output::{WindowEvent, WindowOutput};
 use super::panes::PaneLayout;
 use super::spec::{is_placeable, WindowSpec};
+use crate::restore::SubtaskValue;
 
 type Ctx<K, C, T> = OperatorContext<WindowEvent<K, <C as WindowContents<K, T>>::Out, T>>;
 
@@ -57,6 +63,8 @@ pub(crate) struct TimeWindowOperator<K, T, C> {
     /// Expiries: at `max_timestamp + lateness` of fired windows (with lateness only).
     cleanup: TimerQueue<K>,
     output: WindowOutput,
+    /// The watermark seen (event time), kept across restores.
+    watermark: SubtaskValue<EventTime>,
 }
 
 impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> {
@@ -75,6 +83,26 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> TimeWindowOperator<K, T, C> 
             fire: KeyTimers::default(),
             cleanup: TimerQueue::default(),
             output,
+            watermark: SubtaskValue::watermark(),
+        }
+    }
+
+    /// Registers again the timers of the keys the state holds (after a restore; on a fresh
+    /// start there are none): the fire timer in each key's slot and, with lateness, a
+    /// cleanup at the expiry of each of its panes.
+    fn restore_timers(&mut self) {
+        let lateness = self.spec.lateness;
+        for StoredKey { key, timer, ids } in self.contents.stored_keys() {
+            if lateness > 0 {
+                for pane in ids {
+                    let last_fire = self.spec.fire_time(self.layout.last_end(pane));
+                    self.cleanup
+                        .register(last_fire.saturating_add(lateness), key.clone());
+                }
+            }
+            if timer != NO_TIMER {
+                self.fire.push(timer, key);
+            }
         }
     }
 
@@ -203,6 +231,9 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
     fn on_start(&mut self, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
         self.spec.validate()?;
         self.contents.open(ctx, self.layout.panes_per_window());
+        self.watermark.open(ctx, "window-watermark");
+        self.restore_timers();
+        clocked::request_next_wakeup(self, ctx);
         Ok(())
     }
 
@@ -212,7 +243,7 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
         let now = if processing {
             ctx.processing_time()
         } else {
-            ctx.watermark()
+            ctx.watermark().max(*self.watermark.get())
         };
         let mut cached: Option<PaneBounds> = None;
         for record in batch {
@@ -252,6 +283,7 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
     }
 
     fn on_watermark(&mut self, watermark: EventTime, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
+        let watermark = self.watermark.advance(watermark);
         clocked::on_watermark(self, watermark, ctx);
         Ok(())
     }
@@ -264,5 +296,102 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> Operator<T, WindowEvent<K, C
     fn on_end(&mut self, ctx: &mut Ctx<K, C, T>) -> OperatorResult {
         clocked::on_end(self, ctx);
         Ok(())
+    }
+
+    fn keyed_state(&mut self) -> Vec<&mut dyn KeyedState> {
+        let mut states = self.contents.keyed_state();
+        states.extend(self.watermark.keyed_state());
+        states
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::harness::{DurableStore, Harness};
+    use crate::window::accumulators::AggregateContents;
+    use crate::window::aggregate::Count;
+    use crate::window::assigner::{TimeWindow, TimeWindows};
+    use crate::window::output::Windowed;
+    use crate::window::spec::WindowKind;
+
+    type Contents = AggregateContents<u32, u32, Count>;
+    type Event = WindowEvent<u32, u64, u32>;
+    type TestWindow = Harness<u32, Event, TimeWindowOperator<u32, u32, Contents>>;
+
+    fn started(durable: &DurableStore) -> TestWindow {
+        let spec = WindowSpec {
+            lateness: 50,
+            ..WindowSpec::new(WindowKind::Time(TimeWindows::tumbling(
+                Duration::from_millis(100),
+            )))
+        };
+        let operator = TimeWindowOperator::new(
+            spec,
+            PaneLayout::new(100, 100, 0),
+            Arc::new(|k: &u32| *k),
+            AggregateContents::new(Count),
+            WindowOutput::new(true),
+        );
+        Harness::start_with(operator, durable.backend(4)).expect("starts")
+    }
+
+    fn result(start: i64, key: u32, value: u64, is_update: bool) -> (EventTime, String) {
+        let window = TimeWindow::new(start, start + 100);
+        let event: Event = WindowEvent::Result(Windowed {
+            key,
+            window,
+            value,
+            is_update,
+        });
+        (window.max_timestamp(), format!("{event:?}"))
+    }
+
+    fn take(window: &mut TestWindow) -> Vec<(EventTime, String)> {
+        let mut out: Vec<_> = window
+            .take()
+            .into_iter()
+            .map(|(t, e)| (t, format!("{e:?}")))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_restored_window_fires_updates_and_drops_its_panes_when_they_expire() {
+        let mut durable = DurableStore::new();
+        let mut window = started(&durable);
+        window.push(vec![(10, 1), (20, 2), (150, 1)]);
+        window.watermark(99);
+        assert_eq!(
+            take(&mut window),
+            vec![result(0, 1, 1, false), result(0, 2, 1, false)]
+        );
+        let checkpoint = durable.checkpoint(&mut window);
+        window.push(vec![(30, 1)]);
+        window.watermark(300);
+        drop(window);
+
+        durable.restore(checkpoint);
+        let mut window = started(&durable);
+        let op = window.operator();
+        assert_eq!(
+            op.fire.next_time(),
+            Some(199),
+            "key 1's next window is armed"
+        );
+        assert_eq!(op.cleanup.len(), 3, "the panes of both keys expire again");
+        // Within the lateness of [0, 100), as the restored watermark says: an update.
+        window.push(vec![(30, 1)]);
+        assert_eq!(take(&mut window), vec![result(0, 1, 2, true)]);
+        window.watermark(300);
+        assert_eq!(take(&mut window), vec![result(100, 1, 1, false)]);
+        assert_eq!(
+            window.operator().contents.stored_keys(),
+            vec![],
+            "every pane expired and was dropped"
+        );
     }
 }

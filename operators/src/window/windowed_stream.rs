@@ -341,29 +341,62 @@ impl<K: StateKey, T: Data> WindowedStream<K, T> {
         };
         let events = self.keyed.transform(name, move |_: &SubtaskInfo| {
             let output = WindowOutput::new(late_flag.load(Ordering::Relaxed));
-            let (key, contents) = (key.clone(), contents());
-            match spec.kind {
-                WindowKind::Time(TimeWindows::Session { gap }) => {
-                    Box::new(SessionOperator::new(spec, gap, key, contents, output))
-                        as Box<dyn Operator<T, WindowEvent<K, C::Out, T>>>
-                }
-                WindowKind::Time(TimeWindows::Tumbling { size, offset }) => {
-                    let layout = PaneLayout::new(size, size, offset);
-                    Box::new(TimeWindowOperator::new(spec, layout, key, contents, output))
-                }
-                WindowKind::Time(TimeWindows::Sliding {
-                    size,
-                    slide,
-                    offset,
-                }) => {
-                    let layout = PaneLayout::new(size, slide, offset);
-                    Box::new(TimeWindowOperator::new(spec, layout, key, contents, output))
-                }
-                WindowKind::Count { .. } => {
-                    Box::new(CountWindowOperator::new(spec, key, contents, output))
-                }
-            }
+            window_operator(spec, key.clone(), contents(), output)
         });
         WindowResults::new(events, late_wanted)
+    }
+
+    /// One subtask of the operator that [`aggregate`](Self::aggregate) adds; for tests that
+    /// drive an operator by hand.
+    pub(crate) fn aggregate_operator<A: AggregateFunction<T>>(
+        &self,
+        function: A,
+        late_records: bool,
+    ) -> Box<dyn Operator<T, WindowEvent<K, A::Out, T>>> {
+        let output = WindowOutput::new(late_records);
+        let contents = AggregateContents::new(function);
+        window_operator(self.spec, self.keyed.key_fn(), contents, output)
+    }
+
+    /// One subtask of the operator that [`apply`](Self::apply) adds; for tests that drive an
+    /// operator by hand.
+    pub(crate) fn apply_operator<O: Data>(
+        &self,
+        f: impl Fn(&K, &TimeWindow, &[T]) -> O + Send + Sync + 'static,
+        late_records: bool,
+    ) -> Box<dyn Operator<T, WindowEvent<K, O, T>>>
+    where
+        T: StateValue + Sync,
+    {
+        let output = WindowOutput::new(late_records);
+        let contents = RecordContents::new(Arc::new(f));
+        window_operator(self.spec, self.keyed.key_fn(), contents, output)
+    }
+}
+
+/// One subtask of the window operator of `spec`.
+fn window_operator<K: StateKey, T: Data, C: WindowContents<K, T>>(
+    spec: WindowSpec,
+    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    contents: C,
+    output: WindowOutput,
+) -> Box<dyn Operator<T, WindowEvent<K, C::Out, T>>> {
+    match spec.kind {
+        WindowKind::Time(TimeWindows::Session { gap }) => {
+            Box::new(SessionOperator::new(spec, gap, key, contents, output))
+        }
+        WindowKind::Time(TimeWindows::Tumbling { size, offset }) => {
+            let layout = PaneLayout::new(size, size, offset);
+            Box::new(TimeWindowOperator::new(spec, layout, key, contents, output))
+        }
+        WindowKind::Time(TimeWindows::Sliding {
+            size,
+            slide,
+            offset,
+        }) => {
+            let layout = PaneLayout::new(size, slide, offset);
+            Box::new(TimeWindowOperator::new(spec, layout, key, contents, output))
+        }
+        WindowKind::Count { .. } => Box::new(CountWindowOperator::new(spec, key, contents, output)),
     }
 }

@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::join::harness::Harness;
+use crate::harness::{DurableStore, Harness};
+use omstream_core::runtime::MAX_WATERMARK;
 
 type Event = (u32, char);
 type Pair = (u32, char, char);
@@ -154,4 +155,47 @@ fn empty_bounds_are_refused_at_start() {
         .err()
         .expect("refused");
     assert!(refused.to_string().contains("lower bound"), "{refused}");
+}
+
+#[test]
+fn a_restored_join_keeps_its_watermark_its_buffers_and_their_cleanups() {
+    let mut durable = DurableStore::new();
+    let stats = JoinStats::new();
+    let started = |durable: &DurableStore, stats: &JoinStats| {
+        let operator = operator(IntervalBounds::millis(-10, 10), stats);
+        Harness::start_with(operator, durable.backend(4)).expect("starts")
+    };
+    let mut join = started(&durable, &stats);
+    join.push(vec![
+        left(100, 1, 'a'),
+        right(150, 2, 'x'),
+        left(160, 3, 'c'),
+    ]);
+    join.watermark(95);
+    let checkpoint = durable.checkpoint(&mut join);
+    // Lost in the crash: the record, and the cleanup of 'a'.
+    join.push(vec![right(105, 1, 'y')]);
+    assert_eq!(join.take(), vec![(105, (1, 'a', 'y'))]);
+    join.watermark(120);
+    drop(join);
+
+    durable.restore(checkpoint);
+    let mut join = started(&durable, &stats);
+    assert_eq!(join.buffered(), (2, 1), "every cleanup timer is back");
+    // 'z' at 95 would match 'a' (buffered until 110), but it is at the restored watermark.
+    join.push(vec![right(95, 1, 'z'), right(105, 1, 'y')]);
+    assert_eq!(join.take(), vec![(105, (1, 'a', 'y'))]);
+    assert_eq!(stats.late_right(), 1);
+    join.watermark(MAX_WATERMARK);
+    assert_eq!(join.buffered(), (0, 0));
+    assert_eq!(
+        join.buffered_keys(),
+        (0, 0),
+        "restored buffers are dropped by their restored cleanups"
+    );
+    let mirror = join.operator().mirror.restore();
+    assert!(
+        mirror.is_empty(),
+        "fired timers leave the mirror: {mirror:?}"
+    );
 }

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::join::harness::Harness;
+use crate::harness::{DurableStore, Harness};
 
 type Event = (u32, char);
 type Update = (u32, Option<char>);
@@ -169,4 +169,57 @@ fn a_late_left_record_joins_at_once_only_when_its_version_is_still_known() {
     join.push(vec![left(29, 4, 'u'), left(30, 4, 't')]);
     assert_eq!(join.take(), vec![(30, ('t', None))]);
     assert_eq!(stats.late_left(), 3);
+}
+
+#[test]
+fn a_restored_join_keeps_its_waiting_records_its_pruning_and_its_pruned_tombstones() {
+    let mut durable = DurableStore::new();
+    let stats = JoinStats::new();
+    let started = |durable: &DurableStore, stats: &JoinStats| {
+        let join: JoinFn = |_, l, value| Some((l.1, value.copied()));
+        let operator = TemporalJoinOperator::new(
+            Arc::new(join),
+            Arc::new(|e: &Event| e.0),
+            Arc::new(|u: &Update| u.0),
+            |(_, value)| value,
+            stats.clone(),
+        );
+        Harness::start_with(operator, durable.backend(4)).expect("starts")
+    };
+    let mut join = started(&durable, &stats);
+    // Key 2 is set, then deleted: once the watermark passes the deletion, it leaves nothing.
+    join.push(vec![
+        set(5, 2, 'p'),
+        delete(12, 2),
+        set(40, 3, 'c'),
+        set(50, 3, 'd'),
+    ]);
+    join.push(vec![left(45, 3, 'w')]);
+    join.watermark(30);
+    assert_eq!(
+        join.keys(),
+        (1, 1),
+        "key 2 is gone; 3 has versions and a waiting record"
+    );
+    let checkpoint = durable.checkpoint(&mut join);
+    join.watermark(60);
+    assert_eq!(join.take(), vec![(45, ('w', Some('c')))]);
+    drop(join);
+
+    durable.restore(checkpoint);
+    let mut join = started(&durable, &stats);
+    // A late record of key 2 from before its pruned deletion: what the table held then is no
+    // longer known.
+    join.push(vec![left(8, 2, 'L')]);
+    assert_eq!(join.take(), vec![]);
+    assert_eq!(stats.late_left(), 1);
+    // The waiting record, and the pruning of key 3's versions, are scheduled again.
+    join.watermark(60);
+    assert_eq!(join.take(), vec![(45, ('w', Some('c')))]);
+    assert_eq!(join.versions(3), vec![50]);
+    let mirror = join.operator().mirror.restore();
+    assert!(
+        mirror.is_empty(),
+        "fired timers leave the mirror: {mirror:?}"
+    );
 }

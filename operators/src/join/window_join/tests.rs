@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::join::harness::Harness;
+use crate::harness::{DurableStore, Harness};
 
 type Event = (u32, char);
 type Pair = (u32, char, char);
@@ -163,4 +163,51 @@ fn a_window_is_closed_once_the_watermark_equals_its_max_timestamp() {
     assert_eq!(join.take(), vec![]);
     assert_eq!((stats.late_left(), stats.late_right()), (1, 1));
     assert_eq!(join.buffered(), (0, 0, 0));
+}
+
+#[test]
+fn a_restored_join_fires_its_windows_and_drops_what_was_late_before_the_crash() {
+    let mut durable = DurableStore::new();
+    let stats = JoinStats::new();
+    let started = |durable: &DurableStore, stats: &JoinStats| {
+        Harness::start_with(operator(tumbling_seconds(1), stats), durable.backend(4))
+            .expect("starts")
+    };
+    let mut join = started(&durable, &stats);
+    join.push(vec![
+        left(100, 1, 'a'),
+        right(200, 1, 'x'),
+        left(1_500, 2, 'b'),
+    ]);
+    join.watermark(999);
+    assert_eq!(join.take(), vec![(999, (1, 'a', 'x'))]);
+    let checkpoint = durable.checkpoint(&mut join);
+    // Lost in the crash.
+    join.push(vec![right(1_600, 2, 'y')]);
+    join.watermark(2_000);
+    assert_eq!(join.take(), vec![(1_999, (2, 'b', 'y'))]);
+    drop(join);
+
+    durable.restore(checkpoint);
+    let mut join = started(&durable, &stats);
+    assert_eq!(
+        join.buffered(),
+        (1, 0, 1),
+        "the window of 'b' is scheduled again"
+    );
+    // [0, 1000) fired before the checkpoint: these two are late, and must not pair up.
+    join.push(vec![
+        left(300, 1, 'L'),
+        right(400, 1, 'L'),
+        right(1_600, 2, 'y'),
+    ]);
+    join.watermark(2_000);
+    assert_eq!(join.take(), vec![(1_999, (2, 'b', 'y'))]);
+    assert_eq!((stats.late_left(), stats.late_right()), (1, 1));
+    assert_eq!(join.buffered(), (0, 0, 0));
+    let mirror = join.operator().mirror.restore();
+    assert!(
+        mirror.is_empty(),
+        "fired timers leave the mirror: {mirror:?}"
+    );
 }
