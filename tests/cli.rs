@@ -623,3 +623,65 @@ fn a_malformed_json_line_stops_and_keeps_what_was_sent() {
     assert!(err.contains("2 messages"), "{err}");
     assert_eq!(s.ok(&["consume", "q", "--format", "raw"], ""), "one\ntwo\n");
 }
+
+/// A state directory with the checkpoints of two runs of a small job.
+fn checkpointed_job_dir() -> tempfile::TempDir {
+    use omstream::core::checkpoint::CheckpointConfig;
+    use omstream::core::runtime::{JobConfig, StreamEnv};
+    let state = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for _ in 0..2 {
+        let config = CheckpointConfig::new(state.path()).with_interval(None);
+        let env = StreamEnv::new(JobConfig::named("numbers").with_checkpoints(config));
+        env.from_iter("numbers", 0..100u32).collect();
+        runtime.block_on(env.execute()).expect("the job runs");
+    }
+    state
+}
+
+#[test]
+fn checkpoints_are_listed_shown_and_chosen() {
+    let s = Store::new();
+    let state = checkpointed_job_dir();
+    let dir = state.path().display().to_string();
+    let list = s.ok(&["checkpoints", "list", "--state-dir", &dir], "");
+    assert!(list.starts_with("job 'numbers' in "), "{list}");
+    assert!(list.contains("EPOCH") && list.contains("final"), "{list}");
+    let epochs: Vec<u64> = serde_json::from_str::<Vec<serde_json::Value>>(
+        &s.ok(&["checkpoints", "list", "--state-dir", &dir, "--json"], ""),
+    )
+    .expect("a JSON array")
+    .iter()
+    .map(|r| r["epoch"].as_u64().expect("an epoch"))
+    .collect();
+    assert_eq!(epochs.len(), 2, "one final checkpoint per run: {epochs:?}");
+    assert!(epochs[0] > epochs[1], "newest first");
+    let older = epochs[1].to_string();
+    let shown = s.ok(&["checkpoints", "show", "--state-dir", &dir, &older], "");
+    assert!(
+        shown.contains(&format!("checkpoint {older} of job 'numbers' (final)")),
+        "{shown}"
+    );
+    let chosen = s.ok(&["checkpoints", "use", "--state-dir", &dir, &older], "");
+    assert!(
+        chosen.contains(&format!("restores checkpoint {older}")),
+        "{chosen}"
+    );
+    let list = s.ok(&["checkpoints", "list", "--state-dir", &dir], "");
+    assert!(
+        list.contains(&format!("the next start restores checkpoint {older}")),
+        "{list}"
+    );
+
+    let err = s.fails(&["checkpoints", "use", "--state-dir", &dir, "999"], "", 1);
+    assert!(
+        err.contains("no checkpoint 999") && err.contains("checkpoints list"),
+        "{err}"
+    );
+    let err = s.fails(
+        &["checkpoints", "list", "--state-dir", "/nonexistent/state"],
+        "",
+        1,
+    );
+    assert!(err.contains("/nonexistent/state/job.json"), "{err}");
+}

@@ -52,6 +52,40 @@ pub(crate) enum Command {
     Produce(ProduceArgs),
     /// Print the messages of a queue, one per line.
     Consume(ConsumeArgs),
+    /// List a job's checkpoints, show one, or choose the one its next start restores.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
+}
+
+/// `omstream checkpoints ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CheckpointsCommand {
+    /// List the complete checkpoints of a job's state directory, newest first, and any damaged
+    /// record files.
+    List {
+        /// The job's state directory (CheckpointConfig::dir).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// Print the records as JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one checkpoint: its offsets per partition, sizes and timings.
+    Show {
+        /// The job's state directory.
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The checkpoint's epoch.
+        epoch: u64,
+    },
+    /// Make the job's next start restore this checkpoint instead of the latest one.
+    Use {
+        /// The job's state directory.
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// The checkpoint's epoch.
+        epoch: u64,
+    },
 }
 
 /// `omstream queue ...`.

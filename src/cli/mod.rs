@@ -2,6 +2,7 @@
 
 mod access;
 pub(crate) mod args;
+mod checkpoints;
 mod consume;
 mod input;
 mod key_value;
@@ -27,5 +28,6 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Namespace(command) => namespace::run(access, command).await,
         Command::Produce(args) => produce::run(access, args).await,
         Command::Consume(args) => consume::run(access, args).await,
+        Command::Checkpoints(command) => checkpoints::run(command),
     }
 }

@@ -32,16 +32,24 @@ pub(crate) fn prepare_run(
     if config.restore == RestoreMode::Fresh {
         checkpoints.clear()?;
     }
-    let restored = match config.restore {
-        RestoreMode::Latest => checkpoints.latest()?,
-        RestoreMode::Epoch(epoch) => Some(checkpoints.get(epoch)?),
-        RestoreMode::Fresh => None,
+    let pinned = checkpoints.pinned()?;
+    let restored = match (config.restore, pinned) {
+        (RestoreMode::Latest, Some(epoch)) => Some(checkpoints.get(epoch)?),
+        (RestoreMode::Latest, None) => checkpoints.latest()?,
+        (RestoreMode::Epoch(epoch), _) => Some(checkpoints.get(epoch)?),
+        (RestoreMode::Fresh, _) => None,
     };
     let state = Arc::new(StateStore::open(&config.dir)?);
     if let Some(record) = &restored {
         check_fits(record, fingerprint, &state)?;
     }
     let first_epoch = state.begin_run(restored.as_ref().map_or(0, |r| r.epoch))?;
+    if let Some(record) = &restored {
+        // Later checkpoints are superseded: their state is now hidden, so they must never be
+        // restored.
+        checkpoints.remove_after(record.epoch)?;
+    }
+    checkpoints.unpin()?;
     match &restored {
         Some(record) => tracing::info!(
             job,

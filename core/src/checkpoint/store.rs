@@ -18,6 +18,8 @@ use super::record::CheckpointRecord;
 
 const MAGIC: &str = "OMSCHK1";
 const EXTENSION: &str = "ckpt";
+/// The file naming the checkpoint the next start restores.
+const PIN_FILE: &str = "restore-from";
 
 /// Who a state directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,8 +247,55 @@ impl CheckpointStore {
         Ok(records.iter().take(keep).next_back().map(|r| r.epoch))
     }
 
+    /// Makes the next start in [`RestoreMode::Latest`](super::RestoreMode::Latest) restore
+    /// checkpoint `epoch` instead of the latest one (it must be usable).
+    pub fn pin(&self, epoch: u64) -> Result<(), CheckpointError> {
+        self.get(epoch)?;
+        write_atomically(&self.dir.join(PIN_FILE), epoch.to_string().as_bytes())
+    }
+
+    /// The checkpoint the next start restores, when one was chosen with [`pin`](Self::pin).
+    pub fn pinned(&self) -> Result<Option<u64>, CheckpointError> {
+        let path = self.dir.join(PIN_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map(Some).map_err(|_| CheckpointError::Damaged {
+                path,
+                problem: format!("'{}' is not an epoch; delete the file", text.trim()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CheckpointError::io(&path, e)),
+        }
+    }
+
+    /// Forgets the chosen checkpoint.
+    pub(crate) fn unpin(&self) -> Result<(), CheckpointError> {
+        let path = self.dir.join(PIN_FILE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CheckpointError::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the records after `epoch`: a run restored from `epoch` supersedes them (their
+    /// state is no longer readable).
+    pub(crate) fn remove_after(&self, epoch: u64) -> Result<(), CheckpointError> {
+        let (records, damaged) = self.list()?;
+        for path in records
+            .iter()
+            .filter(|r| r.epoch > epoch)
+            .map(|r| self.path_of(r.epoch))
+            .chain(damaged.into_iter().map(|d| d.path))
+        {
+            if epoch_of_path(&path).is_none_or(|e| e > epoch) {
+                fs::remove_file(&path).map_err(|e| CheckpointError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every record and the state store: a fresh start of the same job.
     pub fn clear(&self) -> Result<(), CheckpointError> {
+        self.unpin()?;
         for dir in [self.records.clone(), self.dir.join("state.sled")] {
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;

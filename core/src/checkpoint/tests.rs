@@ -314,3 +314,62 @@ async fn an_operator_that_hides_its_state_fails_the_first_checkpoint() {
         "{message}"
     );
 }
+
+/// Run 1 takes checkpoints after 1000 and 2000 records, then crashes; returns the records.
+async fn two_checkpoints_then_crash(
+    ap: &Arc<dyn MessagingAccessPoint>,
+    config: &CheckpointConfig,
+) -> (super::CheckpointRecord, super::CheckpointRecord) {
+    send(ap, 0..1000, 4).await;
+    let (env, out) = job(ap, config.clone(), 2, false);
+    let handle = env.spawn().unwrap();
+    wait_for(&out, 1000).await;
+    let first = handle.checkpoint().await.unwrap();
+    send(ap, 1000..2000, 4).await;
+    wait_for(&out, 2000).await;
+    let second = handle.checkpoint().await.unwrap();
+    send(ap, 2000..2500, 4).await;
+    wait_for(&out, 2500).await;
+    crash(handle).await;
+    (first, second)
+}
+
+#[tokio::test]
+async fn a_damaged_latest_checkpoint_falls_back_to_the_previous_one() {
+    let (_queues, ap) = embedded(4).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = CheckpointConfig::new(state.path()).with_interval(None);
+    let (_, second) = two_checkpoints_then_crash(&ap, &config).await;
+    // Truncate the newest record, as a torn write would.
+    let path = state
+        .path()
+        .join("checkpoints")
+        .join(format!("chk-{:020}.ckpt", second.epoch));
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    let (env, out) = job(&ap, config, 2, true);
+    env.execute().await.unwrap();
+    assert_eq!(out.len(), 1500, "everything after the first checkpoint again");
+    assert_eq!(final_counts(&out.values()), expected_counts(2500));
+}
+
+#[tokio::test]
+async fn a_chosen_older_checkpoint_is_restored_and_supersedes_later_ones() {
+    let (_queues, ap) = embedded(4).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = CheckpointConfig::new(state.path()).with_interval(None);
+    let (first, second) = two_checkpoints_then_crash(&ap, &config).await;
+    let store = CheckpointStore::open(state.path(), "counts").unwrap();
+    store.pin(first.epoch).unwrap();
+    assert_eq!(store.pinned().unwrap(), Some(first.epoch));
+    let (env, out) = job(&ap, config.clone(), 2, true);
+    env.execute().await.unwrap();
+    assert_eq!(out.len(), 1500);
+    assert_eq!(final_counts(&out.values()), expected_counts(2500));
+    assert_eq!(store.pinned().unwrap(), None, "the choice is used once");
+    assert!(store.get(second.epoch).is_err(), "superseded");
+    // The final checkpoint of that run is now the latest: nothing more to read.
+    let (env, out) = job(&ap, config, 2, true);
+    env.execute().await.unwrap();
+    assert_eq!(out.len(), 0);
+}
