@@ -50,6 +50,8 @@ pub(crate) struct Wiring {
     pub(crate) first_epoch: u64,
     /// The checkpoint restored.
     pub(crate) restored: Option<CheckpointRecord>,
+    /// Epochs abandoned by crashed runs.
+    pub(crate) aborted: Vec<(u64, u64)>,
 }
 
 impl Wiring {
@@ -58,6 +60,7 @@ impl Wiring {
         completed: watch::Receiver<u64>,
         first_epoch: u64,
         restored: Option<CheckpointRecord>,
+        aborted: Vec<(u64, u64)>,
     ) -> Self {
         Wiring {
             sender,
@@ -65,6 +68,7 @@ impl Wiring {
             participants: Vec::new(),
             first_epoch,
             restored,
+            aborted,
         }
     }
 

@@ -258,10 +258,14 @@ impl CheckpointStore {
     pub fn pinned(&self) -> Result<Option<u64>, CheckpointError> {
         let path = self.dir.join(PIN_FILE);
         match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse().map(Some).map_err(|_| CheckpointError::Damaged {
-                path,
-                problem: format!("'{}' is not an epoch; delete the file", text.trim()),
-            }),
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| CheckpointError::Damaged {
+                    path,
+                    problem: format!("'{}' is not an epoch; delete the file", text.trim()),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CheckpointError::io(&path, e)),
         }
@@ -271,7 +275,9 @@ impl CheckpointStore {
     pub(crate) fn unpin(&self) -> Result<(), CheckpointError> {
         let path = self.dir.join(PIN_FILE);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CheckpointError::io(&path, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(CheckpointError::io(&path, e))
+            }
             _ => Ok(()),
         }
     }

@@ -349,7 +349,11 @@ async fn a_damaged_latest_checkpoint_falls_back_to_the_previous_one() {
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
     let (env, out) = job(&ap, config, 2, true);
     env.execute().await.unwrap();
-    assert_eq!(out.len(), 1500, "everything after the first checkpoint again");
+    assert_eq!(
+        out.len(),
+        1500,
+        "everything after the first checkpoint again"
+    );
     assert_eq!(final_counts(&out.values()), expected_counts(2500));
 }
 

@@ -124,6 +124,8 @@ pub(crate) struct OmsSource<T> {
     snapshots: BTreeMap<u64, Vec<i64>>,
     /// Set when this source failed, so that the end of the job does not commit.
     failed: bool,
+    /// With a maximum rate: when this subtask started reading, and what it has read since.
+    paced_since: Option<(tokio::time::Instant, u64)>,
 }
 
 impl<T> std::fmt::Debug for OmsSource<T> {
@@ -155,7 +157,22 @@ impl<T: Data> OmsSource<T> {
             watermark_pending: false,
             snapshots: BTreeMap::new(),
             failed: false,
+            paced_since: None,
         }
+    }
+
+    /// With a maximum rate, waits until this subtask may read its next batch. Cancel-safe: the
+    /// deadline is computed from what was read, not kept in the future.
+    async fn pace(&mut self) {
+        let Some(rate) = self.config.max_rate else {
+            return;
+        };
+        let per_subtask = rate / self.subtask.parallelism as f64;
+        let (since, read) = *self
+            .paced_since
+            .get_or_insert_with(|| (tokio::time::Instant::now(), 0));
+        let due = since + std::time::Duration::from_secs_f64(read as f64 / per_subtask);
+        tokio::time::sleep_until(due).await;
     }
 
     fn oms_error(
@@ -344,8 +361,12 @@ impl<T: Data> OmsSource<T> {
                 tokio::time::sleep(POLL_WAIT).await;
                 return Ok(SourceOutput::NoData);
             }
+            self.pace().await;
             match self.read().await? {
                 Some((index, messages)) => {
+                    if let Some((_, read)) = &mut self.paced_since {
+                        *read += messages.len() as u64;
+                    }
                     let ready = self.decode(index, messages, ctx.clock.now());
                     self.ready = Some(ready);
                 }

@@ -111,6 +111,7 @@ pub struct OmsSourceConfig<T> {
     pub(crate) batch_size: Option<usize>,
     pub(crate) parallelism: Option<usize>,
     pub(crate) metrics: SourceMetrics,
+    pub(crate) max_rate: Option<f64>,
 }
 
 impl<T> Clone for OmsSourceConfig<T> {
@@ -130,6 +131,7 @@ impl<T> Clone for OmsSourceConfig<T> {
             batch_size: self.batch_size,
             parallelism: self.parallelism,
             metrics: self.metrics.clone(),
+            max_rate: self.max_rate,
         }
     }
 }
@@ -183,7 +185,16 @@ impl<T> OmsSourceConfig<T> {
             batch_size: None,
             parallelism: None,
             metrics: SourceMetrics::default(),
+            max_rate: None,
         }
+    }
+
+    /// Reads at most `records_per_second` over all subtasks (each takes its share): for a
+    /// backfill that must not crowd out live jobs, or to pace a test. The source waits
+    /// between batches without blocking its thread. Must be positive.
+    pub fn max_rate(mut self, records_per_second: f64) -> Self {
+        self.max_rate = Some(records_per_second);
+        self
     }
 
     /// The operator's name in the job (default: the queue's name).
@@ -285,6 +296,13 @@ impl<T> OmsSourceConfig<T> {
             return invalid(format!(
                 "the consumer group of the source of '{queue}' is empty; give a name or leave it unset"
             ));
+        }
+        if let Some(rate) = self.max_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return invalid(format!(
+                    "the max_rate of the source of '{queue}' is {rate}; give a positive number of records per second"
+                ));
+            }
         }
         if self.group.is_none() {
             if matches!(self.start, StartPosition::Committed { .. }) {

@@ -81,6 +81,7 @@ impl BuildContext {
         if let Some(wiring) = &self.checkpoint {
             info.checkpointing = true;
             info.restored_epoch = wiring.restored.as_ref().map(|r| r.epoch);
+            info.aborted_epochs = wiring.aborted.clone();
         }
         info
     }

@@ -90,6 +90,7 @@ impl StreamEnv {
                     completed_receiver,
                     run.first_epoch,
                     run.restored.clone(),
+                    run.state.aborted_epochs(),
                 ),
                 StateBackend::Durable(run.backend.clone()),
             ));

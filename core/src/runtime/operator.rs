@@ -26,6 +26,9 @@ pub struct SubtaskInfo {
     pub checkpointing: bool,
     /// The checkpoint this run was restored from; `None` for a fresh start.
     pub restored_epoch: Option<u64>,
+    /// Epochs that earlier runs started but never completed, as inclusive ranges: what a sink
+    /// prepared in them must be rolled back, even when below `restored_epoch`.
+    pub aborted_epochs: Vec<(u64, u64)>,
 }
 
 impl SubtaskInfo {
@@ -38,7 +41,20 @@ impl SubtaskInfo {
             job: String::new(),
             checkpointing: false,
             restored_epoch: None,
+            aborted_epochs: Vec::new(),
         }
+    }
+
+    /// Whether the checkpoint of `epoch` is part of the state this run restored: at or below
+    /// the restored checkpoint and not in an epoch a crashed run abandoned. A transaction an
+    /// earlier run prepared for `epoch` must be committed exactly when this is true.
+    pub fn epoch_is_restored(&self, epoch: u64) -> bool {
+        self.restored_epoch
+            .is_some_and(|restored| epoch <= restored)
+            && !self
+                .aborted_epochs
+                .iter()
+                .any(|&(low, high)| (low..=high).contains(&epoch))
     }
 
     /// `name[index/parallelism]`, as errors and logs print it.

@@ -56,7 +56,12 @@ pub(crate) struct CachedTable<K, V> {
     ttl: Option<Ttl>,
     /// Most entries kept in memory before dirty ones are written and the cache is emptied.
     capacity: usize,
+    /// Without a store: the size at which expired entries are next swept out.
+    sweep_at: usize,
 }
+
+/// The smallest table size at which a table without a store sweeps out expired entries.
+const SWEEP_MIN: usize = 1024;
 
 impl<K, V> std::fmt::Debug for CachedTable<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +107,7 @@ where
             durable,
             ttl,
             capacity: capacity.max(1),
+            sweep_at: SWEEP_MIN,
         }
     }
 
@@ -327,13 +333,30 @@ where
 
     /// Keeps the cache within its capacity before an entry is added.
     fn make_room(&mut self) {
-        if self.table.len() < self.capacity || self.durable.is_none() {
+        if self.durable.is_none() {
+            self.sweep_expired();
+            return;
+        }
+        if self.table.len() < self.capacity {
             return;
         }
         let epoch = self.durable.as_ref().map_or(0, |d| d.epoch);
         self.write_dirty(epoch)
             .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
         self.table.clear();
+    }
+
+    /// Without a store (heap state with a TTL) nothing else ever drops expired entries: drop
+    /// them whenever the table has doubled since the last sweep, so that memory follows the
+    /// live entries at an amortized constant cost.
+    fn sweep_expired(&mut self) {
+        if self.table.len() < self.sweep_at {
+            return;
+        }
+        let now = self.now();
+        self.table
+            .retain(|(_, slot)| slot.value.is_some() && slot.expires_at > now);
+        self.sweep_at = (self.table.len() * 2).max(SWEEP_MIN);
     }
 
     /// Writes the dirty entries as versions of `epoch`.

@@ -14,6 +14,8 @@ mod cached;
 mod durable;
 mod error;
 mod heap;
+#[cfg(test)]
+mod model_tests;
 mod store;
 
 use std::fmt;

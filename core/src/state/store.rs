@@ -312,6 +312,15 @@ impl StateStore {
         Ok(first)
     }
 
+    /// Epochs started by runs that crashed before completing them (inclusive ranges).
+    pub fn aborted_epochs(&self) -> Vec<(u64, u64)> {
+        self.visibility
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .aborted
+            .clone()
+    }
+
     /// Sets the oldest retained checkpoint: older versions may now be removed.
     pub fn set_floor(&self, floor: u64) -> Result<(), StateError> {
         let mut visibility = self.visibility.write().unwrap_or_else(|p| p.into_inner());
