@@ -49,6 +49,7 @@
 mod dead_letter;
 mod error;
 mod event_time;
+pub mod exactly_once;
 mod format;
 mod metrics;
 mod sink;
@@ -57,6 +58,7 @@ mod source_config;
 
 pub use dead_letter::{DeadLetter, DLQ_OFFSET, DLQ_OPERATOR, DLQ_PARTITION, DLQ_QUEUE, DLQ_REASON};
 pub use error::{ConnectorError, QueueRole};
+pub use exactly_once::{DeliveryGuarantee, ExactlyOnceError};
 pub use event_time::EventTimeFrom;
 pub use format::{Decoder, Encoder};
 pub use metrics::SourceMetrics;

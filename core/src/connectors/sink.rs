@@ -1,4 +1,6 @@
-//! The OMS sink: writes records to a queue through a [`Producer`], one batch send per batch.
+//! The OMS sink: writes records to a queue through a [`Producer`], one batch send per batch
+//! (at-least-once), or in batch transactions committed per checkpoint (exactly-once, see
+//! [`exactly_once`](super::exactly_once)).
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::error::{ConnectorError, QueueRole};
+use super::exactly_once::{DeliveryGuarantee, ExactlyOnceSink};
 use super::format::Encoder;
 use crate::oms::{KeyValue, Message, MessagingAccessPoint, Producer, ServiceLifecycle};
 use crate::runtime::{Batch, BoxError, Data, RuntimeError, Sink, Stream, SubtaskInfo};
@@ -18,9 +21,29 @@ type PropertiesFn<T> = dyn Fn(&T, &mut KeyValue) + Send + Sync;
 ///
 /// Each record becomes one message: the body from the [`Encoder`] (JSON by default), the key
 /// (which picks the partition, so one key's records stay in order) and the properties from
-/// the record. Every batch is one `send_batch`, finished before the next batch is taken, so
-/// whatever reached the sink before a checkpoint barrier is stored when the barrier passes:
-/// the sink is at-least-once (a job restored from a checkpoint may write some records again).
+/// the record.
+///
+/// The [`DeliveryGuarantee`] says how messages are written:
+/// - [`AtLeastOnce`](DeliveryGuarantee::AtLeastOnce) (the default): every batch is one
+///   `send_batch`, finished before the next batch is taken, so whatever reached the sink
+///   before a checkpoint barrier is stored when the barrier passes. A job restored from a
+///   checkpoint may write some records again.
+/// - [`ExactlyOnce`](DeliveryGuarantee::ExactlyOnce) ([`exactly_once`](Self::exactly_once)):
+///   records are prepared in batch transactions, invisible to consumers, and committed when
+///   the checkpoint that covers them completes; after a failure, what the restored
+///   checkpoint covers is committed and the rest rolled back. Consumers see each record once,
+///   but only after a checkpoint, and the job needs checkpoints
+///   ([`JobConfig::with_checkpoints`](crate::runtime::JobConfig::with_checkpoints)). See
+///   [`exactly_once`](super::exactly_once) for the protocol.
+///
+/// ```
+/// use omstream_core::connectors::exactly_once::DeliveryGuarantee;
+/// use omstream_core::connectors::OmsSinkConfig;
+/// # fn config(ap: std::sync::Arc<dyn omstream_core::oms::MessagingAccessPoint>) {
+/// let sink = OmsSinkConfig::<String>::new(ap, "out").exactly_once();
+/// assert_eq!(sink.delivery_guarantee(), DeliveryGuarantee::ExactlyOnce);
+/// # }
+/// ```
 pub struct OmsSinkConfig<T> {
     access_point: Arc<dyn MessagingAccessPoint>,
     queue: String,
@@ -29,7 +52,12 @@ pub struct OmsSinkConfig<T> {
     key: Option<Arc<KeyFn<T>>>,
     properties: KeyValue,
     record_properties: Option<Arc<PropertiesFn<T>>>,
+    guarantee: DeliveryGuarantee,
+    transaction_size: usize,
 }
+
+/// The default of [`OmsSinkConfig::transaction_size`].
+pub(crate) const DEFAULT_TRANSACTION_SIZE: usize = 10_000;
 
 impl<T> Clone for OmsSinkConfig<T> {
     fn clone(&self) -> Self {
@@ -41,6 +69,8 @@ impl<T> Clone for OmsSinkConfig<T> {
             key: self.key.clone(),
             properties: self.properties.clone(),
             record_properties: self.record_properties.clone(),
+            guarantee: self.guarantee,
+            transaction_size: self.transaction_size,
         }
     }
 }
@@ -54,6 +84,8 @@ impl<T> fmt::Debug for OmsSinkConfig<T> {
             .field("key", &self.key.is_some())
             .field("properties", &self.properties)
             .field("record_properties", &self.record_properties.is_some())
+            .field("guarantee", &self.guarantee)
+            .field("transaction_size", &self.transaction_size)
             .finish()
     }
 }
@@ -80,6 +112,8 @@ impl<T> OmsSinkConfig<T> {
             key: None,
             properties: KeyValue::new(),
             record_properties: None,
+            guarantee: DeliveryGuarantee::default(),
+            transaction_size: DEFAULT_TRANSACTION_SIZE,
         }
     }
 
@@ -120,10 +154,79 @@ impl<T> OmsSinkConfig<T> {
         self
     }
 
+    /// Makes the sink exactly-once (see [`DeliveryGuarantee::ExactlyOnce`]); the job must take
+    /// checkpoints.
+    pub fn exactly_once(self) -> Self {
+        self.with_delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    }
+
+    /// Sets the delivery guarantee (default: [`DeliveryGuarantee::AtLeastOnce`]).
+    pub fn with_delivery_guarantee(mut self, guarantee: DeliveryGuarantee) -> Self {
+        self.guarantee = guarantee;
+        self
+    }
+
+    /// The delivery guarantee this sink gives: what a consumer of its queue can rely on. Each
+    /// sink subtask also logs it when it opens.
+    pub fn delivery_guarantee(&self) -> DeliveryGuarantee {
+        self.guarantee
+    }
+
+    /// The most records an exactly-once sink subtask holds before it prepares them as one
+    /// batch transaction (default 10,000; a transaction is also prepared once the held bodies
+    /// reach 16 MiB, and at every checkpoint barrier). Bounds the sink's memory; larger
+    /// transactions cost fewer files: each transaction waiting for its checkpoint keeps one
+    /// staged file (on the embedded driver, an open one), so a long checkpoint interval at a
+    /// high rate wants a larger size. Ignored when at-least-once.
+    pub fn transaction_size(mut self, records: usize) -> Self {
+        self.transaction_size = records;
+        self
+    }
+
+    pub(crate) fn transaction_records(&self) -> usize {
+        self.transaction_size
+    }
+
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    pub(crate) fn access_point(&self) -> &Arc<dyn MessagingAccessPoint> {
+        &self.access_point
+    }
+
     fn operator_name(&self) -> String {
         self.name
             .clone()
             .unwrap_or_else(|| format!("{}-sink", self.queue))
+    }
+
+    /// The message for `record`: `template` (an empty message to the queue) with the body,
+    /// key and properties of the record.
+    pub(crate) fn message(
+        &self,
+        template: &Message,
+        record: &T,
+    ) -> Result<Message, ConnectorError> {
+        let body = self
+            .encoder
+            .encode(record)
+            .map_err(|source| ConnectorError::Encode {
+                queue: self.queue.clone(),
+                source,
+            })?;
+        let mut message = template.clone();
+        message.data = body;
+        if let Some(key) = &self.key {
+            message.extension_header.message_key = key(record);
+        }
+        if !self.properties.is_empty() {
+            message.properties = self.properties.clone();
+        }
+        if let Some(properties) = &self.record_properties {
+            properties(record, &mut message.properties);
+        }
+        Ok(message)
     }
 
     /// Checks every setting; the error says which one is wrong and what to change.
@@ -139,7 +242,32 @@ impl<T> OmsSinkConfig<T> {
                 self.queue
             )));
         }
+        if self.transaction_size == 0 {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "the transaction size of the sink of '{}' is 0; give at least 1 record \
+                 (default {DEFAULT_TRANSACTION_SIZE})",
+                self.queue
+            )));
+        }
         Ok(())
+    }
+}
+
+impl<T: Data> OmsSinkConfig<T> {
+    /// A sink subtask as [`Stream::add_oms_sink`] makes one for each subtask: for driving a
+    /// sink yourself (tests, a custom runtime) through the [`Sink`] methods, starting with
+    /// [`open`](Sink::open). The settings are not checked here; call
+    /// [`validate`](Self::validate) first.
+    pub fn create_sink(&self) -> Box<dyn Sink<T>> {
+        let config = Arc::new(self.clone());
+        match self.guarantee {
+            DeliveryGuarantee::AtLeastOnce => Box::new(OmsSink {
+                template: Message::new(&config.queue, bytes::Bytes::new()),
+                config,
+                producer: None,
+            }),
+            DeliveryGuarantee::ExactlyOnce => Box::new(ExactlyOnceSink::new(config)),
+        }
     }
 }
 
@@ -153,14 +281,7 @@ impl<T: Data> Stream<T> {
     pub fn add_oms_sink(&self, config: OmsSinkConfig<T>) -> Result<(), RuntimeError> {
         config.validate()?;
         let name = config.operator_name();
-        let config = Arc::new(config);
-        self.sink(&name, move |_: &SubtaskInfo| {
-            Box::new(OmsSink {
-                config: config.clone(),
-                producer: None,
-                template: Message::new(&config.queue, bytes::Bytes::new()),
-            }) as Box<dyn Sink<T>>
-        });
+        self.sink(&name, move |_: &SubtaskInfo| config.create_sink());
         Ok(())
     }
 }
@@ -173,36 +294,17 @@ struct OmsSink<T> {
     template: Message,
 }
 
-impl<T> OmsSink<T> {
-    fn message(&self, record: &T) -> Result<Message, ConnectorError> {
-        let config = &self.config;
-        let body = config
-            .encoder
-            .encode(record)
-            .map_err(|source| ConnectorError::Encode {
-                queue: config.queue.clone(),
-                source,
-            })?;
-        let mut message = self.template.clone();
-        message.data = body;
-        if let Some(key) = &config.key {
-            message.extension_header.message_key = key(record);
-        }
-        if !config.properties.is_empty() {
-            message.properties = config.properties.clone();
-        }
-        if let Some(properties) = &config.record_properties {
-            properties(record, &mut message.properties);
-        }
-        Ok(message)
-    }
-}
-
 #[async_trait]
 impl<T: Data> Sink<T> for OmsSink<T> {
     /// Checks that the queue exists and starts a producer.
-    async fn open(&mut self, _: &SubtaskInfo) -> Result<(), BoxError> {
+    async fn open(&mut self, subtask: &SubtaskInfo) -> Result<(), BoxError> {
         let config = &self.config;
+        tracing::info!(
+            sink = %subtask.task_name(),
+            queue = %config.queue,
+            guarantee = %config.guarantee,
+            "opening an OMS sink"
+        );
         let error =
             |action: &'static str| ConnectorError::oms(&config.queue, QueueRole::Sink, action);
         let resources = config
@@ -230,7 +332,7 @@ impl<T: Data> Sink<T> for OmsSink<T> {
     async fn write_batch(&mut self, batch: Batch<T>) -> Result<(), BoxError> {
         let messages = batch
             .iter()
-            .map(|record| self.message(&record.value))
+            .map(|record| self.config.message(&self.template, &record.value))
             .collect::<Result<Vec<_>, _>>()?;
         let producer = self
             .producer

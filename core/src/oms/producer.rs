@@ -44,18 +44,29 @@ pub trait TransactionStateCheckListener: Send + Sync {
     fn check(&self, message: &Message) -> TransactionState;
 }
 
-/// A driver's side of a prepared transaction.
+/// A driver's side of a prepared transaction: one message, or a batch of them.
 #[async_trait]
 pub trait PreparedTransaction: Send + Sync + fmt::Debug {
     /// The transaction id.
     fn transaction_id(&self) -> &str;
-    /// Makes the message visible.
+    /// How many messages the transaction holds: 1 unless it was prepared as a batch.
+    fn message_count(&self) -> usize {
+        1
+    }
+    /// Makes the messages visible; returns the result of the first one.
     async fn commit(self: Box<Self>) -> Result<SendResult>;
-    /// Discards the message.
+    /// Makes the messages visible; returns one result per message, in the order they were
+    /// prepared. The default commits and returns [`commit`](Self::commit)'s one result, which
+    /// is right for a single message.
+    async fn commit_all(self: Box<Self>) -> Result<Vec<SendResult>> {
+        self.commit().await.map(|result| vec![result])
+    }
+    /// Discards the messages.
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
 
-/// A prepared (half) message: invisible to consumers until [`commit`](Self::commit).
+/// A prepared (half) message, or a prepared batch of messages: invisible to consumers until
+/// [`commit`](Self::commit).
 ///
 /// Dropping it without deciding leaves the transaction open; the store resolves it later through
 /// the check listener of a transactional producer.
@@ -75,14 +86,82 @@ impl TransactionalResult {
         self.inner.transaction_id()
     }
 
-    /// Commits: the message becomes visible and gets its offset.
+    /// How many messages the transaction holds (1 for [`Producer::prepare`]).
+    pub fn message_count(&self) -> usize {
+        self.inner.message_count()
+    }
+
+    /// Commits: the message becomes visible and gets its offset. For a batch
+    /// ([`Producer::prepare_batch`]) every message becomes visible and the first one's result
+    /// is returned; [`commit_all`](Self::commit_all) returns them all.
     pub async fn commit(self) -> Result<SendResult> {
         self.inner.commit().await
     }
 
-    /// Rolls back: the message is discarded.
+    /// Commits and returns one result per message, in the order they were prepared.
+    pub async fn commit_all(self) -> Result<Vec<SendResult>> {
+        self.inner.commit_all().await
+    }
+
+    /// Rolls back: the message (every message of a batch) is discarded.
     pub async fn rollback(self) -> Result<()> {
         self.inner.rollback().await
+    }
+}
+
+/// The batch transaction of a driver without native batches: one prepared transaction per
+/// message, decided together (see [`ProducerBackend::prepare_batch`]).
+#[derive(Debug)]
+struct CompositeTransaction {
+    parts: Vec<Box<dyn PreparedTransaction>>,
+}
+
+impl CompositeTransaction {
+    /// Commits the members in order. On the first failure the error is returned and the
+    /// members not committed yet are dropped, left open for the check listener.
+    async fn commit_parts(self: Box<Self>) -> Result<Vec<SendResult>> {
+        let mut results = Vec::with_capacity(self.parts.len());
+        for part in self.parts {
+            results.extend(part.commit_all().await?);
+        }
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl PreparedTransaction for CompositeTransaction {
+    /// The first member's id.
+    fn transaction_id(&self) -> &str {
+        self.parts.first().map_or("", |p| p.transaction_id())
+    }
+
+    fn message_count(&self) -> usize {
+        self.parts.iter().map(|p| p.message_count()).sum()
+    }
+
+    async fn commit(self: Box<Self>) -> Result<SendResult> {
+        self.commit_parts()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                OmsError::transaction(OmsStatus::BAD_REQUEST, "the batch transaction is empty")
+            })
+    }
+
+    async fn commit_all(self: Box<Self>) -> Result<Vec<SendResult>> {
+        self.commit_parts().await
+    }
+
+    /// Rolls back every member, even after one failed; returns the first failure.
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        let mut first_error = None;
+        for part in self.parts {
+            if let Err(err) = part.rollback().await {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -121,6 +200,39 @@ pub trait ProducerBackend: Send + Sync {
     async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>>;
     /// Stores `message` as a prepared (invisible) transactional message.
     async fn prepare(&self, message: Message) -> Result<Box<dyn PreparedTransaction>>;
+    /// Stores `messages` (at least one, born headers set) as one prepared transaction, whose
+    /// commit makes them all visible and whose rollback discards them all.
+    ///
+    /// The default prepares each message with [`prepare`](Self::prepare) and wraps them in one
+    /// composite transaction that commits (or rolls back) its members one after another. On
+    /// such drivers a batch is **not atomic across its messages**: a failure or crash in the
+    /// middle of a commit leaves some members committed and the rest open. Each open member is
+    /// then resolved on its own by the check listener, and since every member carries the same
+    /// properties, a listener that decides by them (as the exactly-once sink's does) decides
+    /// every member the same way. If preparing a member fails, the members prepared before it
+    /// are rolled back (best effort) and the error is returned. Drivers with a cheaper way to
+    /// store many prepared messages (the embedded driver writes one staged file per batch and
+    /// commits it atomically) override this.
+    async fn prepare_batch(&self, messages: Vec<Message>) -> Result<Box<dyn PreparedTransaction>> {
+        let mut parts: Vec<Box<dyn PreparedTransaction>> = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.prepare(message).await {
+                Ok(part) => parts.push(part),
+                Err(err) => {
+                    for part in parts {
+                        if let Err(e) = part.rollback().await {
+                            tracing::warn!(err = %e, "cannot roll back a member of a failed batch prepare; the check listener will resolve it");
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(empty_batch());
+        }
+        Ok(Box::new(CompositeTransaction { parts }))
+    }
     /// Called on `start`.
     async fn start(&self) -> Result<()> {
         Ok(())
@@ -298,6 +410,71 @@ impl Producer {
         let prepared = self.backend.prepare(message).await?;
         Ok(TransactionalResult::new(prepared))
     }
+
+    /// Prepares `messages` as one transaction: stored, but all invisible until the returned
+    /// transaction is committed, when they all become visible; a rollback discards them all.
+    /// Each message goes to the partition [`send_batch`](Self::send_batch) would pick, and
+    /// every message carries the batch's transaction id.
+    ///
+    /// Much cheaper than one [`prepare`](Self::prepare) per message on drivers with native
+    /// batches (the embedded driver: one staged file per batch, committed atomically). On
+    /// other drivers the batch is a set of single prepared messages, committed one after
+    /// another; see [`ProducerBackend::prepare_batch`] for what that means after a crash.
+    /// Left undecided (the handle dropped, the process killed), the batch is resolved later
+    /// by a transactional producer's check listener, which sees its first message.
+    ///
+    /// # Errors
+    /// 1418 for an empty batch or a message without destination; a transaction error when
+    /// the producer has no check listener; the driver's error otherwise (nothing is left
+    /// prepared then).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use omstream_core::oms::{self, KeyValue, Message, QueueConfig, ServiceLifecycle};
+    /// use omstream_core::oms::{TransactionState, TransactionStateCheckListener};
+    ///
+    /// struct Undecided;
+    /// impl TransactionStateCheckListener for Undecided {
+    ///     fn check(&self, _: &Message) -> TransactionState {
+    ///         TransactionState::Unknown
+    ///     }
+    /// }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let attrs = KeyValue::new().with(oms::embedded::EMBEDDED_DIR, dir.path().display());
+    /// let ap = oms::connect("oms:embedded://localhost/default", attrs).await?;
+    /// ap.resource_manager().await?.create_queue("out", QueueConfig::with_partitions(2)).await?;
+    /// let producer = ap.create_transactional_producer(KeyValue::new(), Arc::new(Undecided)).await?;
+    /// producer.start().await?;
+    /// let batch = (0..100).map(|i| Message::new("out", format!("m{i}")).with_key(format!("k{i}")));
+    /// let tx = producer.prepare_batch(batch.collect()).await?;
+    /// assert_eq!(tx.message_count(), 100);
+    /// let sent = tx.commit_all().await?; // all 100 become visible together
+    /// assert_eq!(sent.len(), 100);
+    /// # Ok::<(), oms::OmsError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn prepare_batch(&self, mut messages: Vec<Message>) -> Result<TransactionalResult> {
+        self.state.ensure_started("the producer")?;
+        if messages.is_empty() {
+            return Err(empty_batch());
+        }
+        let now = now_millis();
+        let interceptors = self.interceptors();
+        for message in &mut messages {
+            self.stamp(message, now)?;
+            let mut ctx = InterceptorContext::default();
+            for i in &interceptors {
+                i.pre_send(message, &mut ctx);
+            }
+        }
+        let prepared = self.backend.prepare_batch(messages).await?;
+        Ok(TransactionalResult::new(prepared))
+    }
+}
+
+fn empty_batch() -> OmsError {
+    OmsError::bad_parameter("a batch transaction needs at least one message; prepare none instead")
 }
 
 #[async_trait]
@@ -381,6 +558,96 @@ mod tests {
         async fn prepare(&self, _: Message) -> Result<Box<dyn PreparedTransaction>> {
             Err(OmsError::unsupported("recording", "transactions"))
         }
+    }
+
+    /// Prepares single messages in memory, logging what is decided; the message with body
+    /// `fail` cannot be prepared.
+    #[derive(Default)]
+    struct SingleOnly(Arc<Mutex<Vec<String>>>);
+
+    #[derive(Debug)]
+    struct Single(String, Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl PreparedTransaction for Single {
+        fn transaction_id(&self) -> &str {
+            &self.0
+        }
+        async fn commit(self: Box<Self>) -> Result<SendResult> {
+            self.1.lock().unwrap().push(format!("commit {}", self.0));
+            Ok(SendResult {
+                message_id: self.0.clone(),
+                queue: "q".into(),
+                partition: 0,
+                offset: 0,
+            })
+        }
+        async fn rollback(self: Box<Self>) -> Result<()> {
+            self.1.lock().unwrap().push(format!("rollback {}", self.0));
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl ProducerBackend for SingleOnly {
+        fn driver_name(&self) -> &str {
+            "single"
+        }
+        async fn send_batch(&self, _: Vec<Message>) -> Result<Vec<SendResult>> {
+            Err(OmsError::unsupported("single", "sending"))
+        }
+        async fn prepare(&self, message: Message) -> Result<Box<dyn PreparedTransaction>> {
+            let body = String::from_utf8(message.data.to_vec()).unwrap();
+            if body == "fail" {
+                return Err(OmsError::storage("cannot prepare"));
+            }
+            Ok(Box::new(Single(body, self.0.clone())))
+        }
+    }
+
+    #[tokio::test]
+    async fn without_native_batches_a_batch_is_its_members_decided_together() {
+        let backend = SingleOnly::default();
+        let log = backend.0.clone();
+        let producer = Producer::new(Arc::new(backend));
+        producer.start().await.unwrap();
+        fn batch(bodies: &[&str]) -> Vec<Message> {
+            bodies
+                .iter()
+                .map(|b| Message::new("q", b.to_string()))
+                .collect()
+        }
+
+        let tx = producer.prepare_batch(batch(&["a", "b"])).await.unwrap();
+        assert_eq!((tx.message_count(), tx.transaction_id()), (2, "a"));
+        let ids: Vec<_> = tx
+            .commit_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        let tx = producer.prepare_batch(batch(&["c", "d"])).await.unwrap();
+        tx.rollback().await.unwrap();
+        let err = producer
+            .prepare_batch(batch(&["e", "fail", "f"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), OmsStatus::STORAGE_SERVICE_ERROR);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "commit a",
+                "commit b",
+                "rollback c",
+                "rollback d",
+                "rollback e"
+            ],
+            "a failed prepare rolls back the members before it"
+        );
+        let err = producer.prepare_batch(Vec::new()).await.unwrap_err();
+        assert_eq!(err.status(), OmsStatus::BAD_PARAMETER);
     }
 
     #[tokio::test]

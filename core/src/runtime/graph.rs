@@ -82,6 +82,7 @@ impl BuildContext {
             info.checkpointing = true;
             info.restored_epoch = wiring.restored.as_ref().map(|r| r.epoch);
             info.aborted_epochs = wiring.aborted.clone();
+            info.first_epoch = wiring.first_epoch;
         }
         info
     }

@@ -26,6 +26,9 @@ pub struct SubtaskInfo {
     pub checkpointing: bool,
     /// The checkpoint this run was restored from; `None` for a fresh start.
     pub restored_epoch: Option<u64>,
+    /// The epoch that what this run does before its first checkpoint belongs to (epochs of a
+    /// run are consecutive from here; each is above every epoch an earlier run used).
+    pub first_epoch: u64,
     /// Epochs that earlier runs started but never completed, as inclusive ranges: what a sink
     /// prepared in them must be rolled back, even when below `restored_epoch`.
     pub aborted_epochs: Vec<(u64, u64)>,
@@ -41,6 +44,7 @@ impl SubtaskInfo {
             job: String::new(),
             checkpointing: false,
             restored_epoch: None,
+            first_epoch: 1,
             aborted_epochs: Vec::new(),
         }
     }

@@ -14,12 +14,15 @@
 //! - A torn record left by a crash is cut off by the next writer and never served.
 //! - Prepared transactions stay invisible until committed; one left open by a dead producer is
 //!   resolved by a transactional producer's check listener, and published at most once.
+//! - A batch transaction (`Producer::prepare_batch`) is one staged file, however many messages
+//!   it holds; its commit is atomic: after a crash all its messages are published, or none.
 //! - Delayed messages become visible once due (checked by readers every 50 ms); expired ones are
 //!   skipped by readers.
 //!
-//! Layout on disk: see `store.rs` (queues, groups), `log.rs` (segments) and `staged.rs`
-//! (transactions, delays).
+//! Layout on disk: see `store.rs` (queues, groups), `log.rs` (segments), `staged.rs`
+//! (transactions, delays) and `batch.rs` (batch transactions).
 
+mod batch;
 mod config;
 mod groups;
 mod log;

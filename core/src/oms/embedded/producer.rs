@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::batch::{self, StagedGroup};
 use super::log::PartitionLog;
 use super::record::{self, EncodedBatch};
 use super::staged;
@@ -40,6 +41,18 @@ impl EmbeddedProducer {
             listener,
             checker: Mutex::new(None),
         }
+    }
+
+    /// Only a producer with a check listener may prepare: someone must resolve what it leaves
+    /// open.
+    fn ensure_transactional(&self) -> Result<()> {
+        if self.listener.is_none() {
+            return Err(OmsError::transaction(
+                OmsStatus::BAD_REQUEST,
+                "this producer cannot prepare transactions; create it with create_transactional_producer and a check listener",
+            ));
+        }
+        Ok(())
     }
 
     /// Stops the background check of open transactions, if it runs.
@@ -297,7 +310,61 @@ pub(crate) fn recover_transactions(
             }
         }
     }
+    resolved += batch::recover(shared, listener)?;
     Ok(resolved)
+}
+
+/// Encodes and stages a batch transaction (see `batch.rs`): the messages are grouped by
+/// partition as a send would place them, with their ids and the transaction id set.
+fn prepare_batch_blocking(
+    shared: &Arc<Shared>,
+    mut messages: Vec<Message>,
+    sticky: u32,
+) -> Result<batch::BatchTransaction> {
+    let now = now_millis();
+    let txid = staged::new_id();
+    batch::assign_ids(&txid, &mut messages);
+    let mut grouping = Grouping::new(reservation(shared, &messages));
+    let mut current: Option<(&str, Arc<QueueHandle>)> = None;
+    for (i, m) in messages.iter().enumerate() {
+        check_size(shared, m)?;
+        if staged::due_time(m, now).is_some() {
+            return Err(OmsError::bad_parameter(format!(
+                "message {i} of the batch for queue '{}' has a delay; a batch transaction cannot hold \
+                 delayed messages: prepare it on its own (Producer::prepare) or drop its delay",
+                m.destination()
+            )));
+        }
+        let queue = match &mut current {
+            Some((name, q)) if *name == m.destination() => &*q,
+            slot => {
+                &slot
+                    .insert((m.destination(), shared.store.queue(m.destination())?))
+                    .1
+            }
+        };
+        let p = choose_partition(queue, m, sticky)?;
+        let group = grouping.batch(queue, p, messages.len() - i);
+        group.records.push_message(m, true);
+        group.indices.push(i);
+    }
+    let mut order = vec![0u32; messages.len()];
+    let groups = grouping
+        .batches
+        .into_iter()
+        .enumerate()
+        .map(|(g, b)| {
+            for i in b.indices {
+                order[i] = g as u32;
+            }
+            StagedGroup {
+                queue: b.queue.name.clone(),
+                partition: b.log.partition,
+                records: b.records,
+            }
+        })
+        .collect();
+    batch::stage(shared, txid, groups, order)
 }
 
 /// Publishes a prepared message (or schedules it, if it is delayed); returns its offset, `-1`
@@ -342,12 +409,7 @@ impl ProducerBackend for EmbeddedProducer {
     }
 
     async fn prepare(&self, mut message: Message) -> Result<Box<dyn PreparedTransaction>> {
-        if self.listener.is_none() {
-            return Err(OmsError::transaction(
-                OmsStatus::BAD_REQUEST,
-                "this producer cannot prepare transactions; create it with create_transactional_producer and a check listener",
-            ));
-        }
+        self.ensure_transactional()?;
         check_size(&self.shared, &message)?;
         let queue = self.shared.store.queue(message.destination())?;
         let sticky = self.round_robin.fetch_add(1, Ordering::Relaxed);
@@ -366,6 +428,32 @@ impl ProducerBackend for EmbeddedProducer {
             transaction_id,
             message,
         }))
+    }
+
+    /// One staged file for the whole batch, committed atomically; see `batch.rs`.
+    async fn prepare_batch(&self, messages: Vec<Message>) -> Result<Box<dyn PreparedTransaction>> {
+        self.ensure_transactional()?;
+        if messages.is_empty() {
+            return Err(OmsError::bad_parameter(
+                "a batch transaction needs at least one message; prepare none instead",
+            ));
+        }
+        let sticky = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        if self.shared.fsync() {
+            // fsync takes milliseconds: keep it off the async worker threads.
+            let shared = Arc::clone(&self.shared);
+            let prepared = tokio::task::spawn_blocking(move || {
+                prepare_batch_blocking(&shared, messages, sticky)
+            })
+            .await
+            .map_err(|e| OmsError::storage(format!("the prepare task failed: {e}")))??;
+            return Ok(Box::new(prepared));
+        }
+        Ok(Box::new(prepare_batch_blocking(
+            &self.shared,
+            messages,
+            sticky,
+        )?))
     }
 
     async fn start(&self) -> Result<()> {

@@ -5,6 +5,7 @@
 //! <store>/namespaces/<ns>/<queue>/queue.json     the queue's configuration
 //! <store>/namespaces/<ns>/<queue>/p-<n>/         partition n: segments, write.lock, staged/
 //! <store>/groups/<group>/<ns>/<queue>/<n>.offset a consumer group's committed offset
+//! <store>/transactions/<txid>.txbatch            a prepared batch transaction (see batch.rs)
 //! ```
 //! A queue named `orders` lives in namespace `default`; `ns://orders` in namespace `ns`.
 
