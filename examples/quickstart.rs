@@ -6,14 +6,21 @@
 //! ```
 //!
 //! It creates the queues `orders` and `order-totals` (4 partitions each) in the default embedded
-//! store, sends 100,000 JSON orders keyed by customer (10 ms of event time apart), then runs a
+//! store, sends 100,000 JSON orders keyed by customer (10 ms of event time apart, continuing
+//! the event time of the orders sent by earlier runs), then runs a
 //! job that reads the new orders as the consumer group `quickstart`, keys them by customer,
 //! sums the amounts per 10-second window of event time and writes one JSON total per customer
-//! and window to `order-totals`. Run it again: new orders are sent and the group reads only
+//! and window to `order-totals`. Run it again: new orders are sent and the job reads only
 //! those. Look at the output with `omstream consume order-totals --limit 5`.
+//!
+//! The job takes a checkpoint every second into its state directory (`OMSTREAM_STATE_DIR`, or
+//! `_checkpoints/quickstart` under the embedded data root) and writes exactly once: kill it
+//! at any moment (`kill -9`), run it again, and `order-totals` holds every total once. List
+//! its checkpoints with `omstream checkpoints list --state-dir <dir>`.
 
 use std::time::{Duration, Instant};
 
+use omstream::core::checkpoint::CheckpointConfig;
 use omstream::core::connectors::{
     EventTimeFrom, FallbackPosition, OmsSinkConfig, OmsSourceConfig, StartPosition,
 };
@@ -23,6 +30,8 @@ use serde::{Deserialize, Serialize};
 
 const ORDERS: usize = 100_000;
 const CUSTOMERS: usize = 500;
+/// When the simulated shop placed its first order: 2026-01-01T00:00:00Z, in ms.
+const SHOP_OPENED: i64 = 1_767_225_600_000;
 
 /// What the shop writes to `orders`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +54,9 @@ struct CustomerTotal {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     // The default URL: the embedded driver, region `default`.
     let url = std::env::var("OMSTREAM_URL")
         .unwrap_or_else(|_| "oms:embedded://localhost/default".to_string());
@@ -63,11 +75,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // The shop: orders keyed by customer, so each customer's orders stay in order.
+    // The shop: orders keyed by customer, so each customer's orders stay in order. Its clock
+    // is simulated: order n (counted over every run) is placed 10 ms after order n - 1, from
+    // SHOP_OPENED. A run continues where the last one stopped, in order numbers and in event
+    // time, so a job restored from its checkpoint finds the new orders after those it counted.
+    let placed_before = queues.describe_queue("orders").await?.message_count() as usize;
     let producer = ap.create_producer(KeyValue::new()).await?;
     producer.start().await?;
-    let first_order_at = oms::now_millis();
-    for chunk in (0..ORDERS).collect::<Vec<_>>().chunks(1000) {
+    let numbers: Vec<usize> = (placed_before..placed_before + ORDERS).collect();
+    for chunk in numbers.chunks(1000) {
         let batch = chunk
             .iter()
             .map(|&i| {
@@ -75,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
                     order: i as u64,
                     customer: format!("customer-{}", i % CUSTOMERS),
                     amount: ((i * 37) % 1000) as u64,
-                    placed_at: first_order_at + i as i64 * 10,
+                    placed_at: SHOP_OPENED + i as i64 * 10,
                 };
                 let body = serde_json::to_vec(&order).expect("an order serializes");
                 Message::new("orders", body).with_key(order.customer)
@@ -87,7 +103,18 @@ async fn main() -> anyhow::Result<()> {
     println!("sent {ORDERS} orders");
 
     // The job: orders -> key by customer -> 10 s tumbling windows -> sum -> order-totals.
-    let env = StreamEnv::new(JobConfig::named("quickstart"));
+    let state_dir = std::env::var_os("OMSTREAM_STATE_DIR").map_or_else(
+        || {
+            oms::embedded::default_data_root()
+                .join("_checkpoints")
+                .join("quickstart")
+        },
+        std::path::PathBuf::from,
+    );
+    println!("checkpoints in {}", state_dir.display());
+    let env = StreamEnv::new(
+        JobConfig::named("quickstart").with_checkpoints(CheckpointConfig::new(&state_dir)),
+    );
     let orders = env.add_oms_source(
         OmsSourceConfig::<Order>::new(ap.clone(), "orders")
             .group("quickstart")
@@ -106,7 +133,9 @@ async fn main() -> anyhow::Result<()> {
             amount: w.value,
         });
     totals.add_oms_sink(
-        OmsSinkConfig::new(ap.clone(), "order-totals").key(|t: &CustomerTotal| t.customer.clone()),
+        OmsSinkConfig::new(ap.clone(), "order-totals")
+            .key(|t: &CustomerTotal| t.customer.clone())
+            .exactly_once(),
     )?;
     let collected = totals.collect();
 

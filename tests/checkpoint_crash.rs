@@ -100,7 +100,10 @@ async fn run_job(store: &Path, state: &Path, output: &str, rate: f64, parallelis
         .add_oms_source(
             source
                 .event_time(EventTimeFrom::extract(|e: &Event| e.at))
-                .watermarks(WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO).with_idle_timeout(None))
+                .watermarks(
+                    WatermarkStrategy::bounded_out_of_orderness(Duration::ZERO)
+                        .with_idle_timeout(None),
+                )
                 .bounded(true),
         )
         .unwrap();
@@ -158,7 +161,13 @@ fn spawn_child(store: &Path, state: &Path, output: &str, rate: u32, parallelism:
         state.display()
     );
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_job", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_job",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("OMSTREAM_TEST_CHILD", spec)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -202,9 +211,15 @@ async fn fill_input(store: &Path) {
     .await
     .unwrap();
     let resources = ap.resource_manager().await.unwrap();
-    resources.create_queue(INPUT, QueueConfig::with_partitions(4)).await.unwrap();
+    resources
+        .create_queue(INPUT, QueueConfig::with_partitions(4))
+        .await
+        .unwrap();
     for queue in ["out", "reference"] {
-        resources.create_queue(queue, QueueConfig::with_partitions(2)).await.unwrap();
+        resources
+            .create_queue(queue, QueueConfig::with_partitions(2))
+            .await
+            .unwrap();
     }
     let producer = ap.create_producer(KeyValue::new()).await.unwrap();
     producer.start().await.unwrap();
@@ -244,7 +259,10 @@ fn wait_ok(mut child: Child, what: &str) {
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let status = child.wait().unwrap();
-    assert!(status.success() && stdout.contains("DONE"), "{what} failed: {status:?} {stdout}");
+    assert!(
+        status.success() && stdout.contains("DONE"),
+        "{what} failed: {status:?} {stdout}"
+    );
 }
 
 fn kill_and_restart(store: &Path, parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize) {
@@ -284,8 +302,15 @@ fn kill_and_restart(store: &Path, parallelism: impl Fn(&mut rand::rngs::ThreadRn
     }
     eprintln!("{kills} kills, {during_checkpoint} while a checkpoint was in flight");
     assert!(during_checkpoint > 0, "no kill landed during a checkpoint");
-    let store_records = CheckpointStore::open(&state, JOB).unwrap().list().unwrap().0;
-    assert!(!store_records.is_empty(), "the killed runs completed checkpoints");
+    let store_records = CheckpointStore::open(&state, JOB)
+        .unwrap()
+        .list()
+        .unwrap()
+        .0;
+    assert!(
+        !store_records.is_empty(),
+        "the killed runs completed checkpoints"
+    );
     // The last run goes to the end, unthrottled.
     let started = std::time::Instant::now();
     let child = spawn_child(store, &state, "out", 0, parallelism(&mut rng));
@@ -327,7 +352,10 @@ async fn crash_test(parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + 
     }
     let missing: Vec<_> = counts.iter().filter(|(_, (e, a))| a < e).take(5).collect();
     let duplicated: Vec<_> = counts.iter().filter(|(_, (e, a))| a > e).take(5).collect();
-    assert!(missing.is_empty() && duplicated.is_empty(), "missing {missing:?}, duplicated {duplicated:?}");
+    assert!(
+        missing.is_empty() && duplicated.is_empty(),
+        "missing {missing:?}, duplicated {duplicated:?}"
+    );
     assert_eq!(actual.len(), expected.len());
     assert_eq!(actual, expected);
 }

@@ -203,10 +203,18 @@ impl SubtaskValue<EventTime> {
 
     /// The input watermark reached `watermark`: returns the watermark to act on, never below
     /// one already seen (a restored subtask may be sent lower ones again).
+    ///
+    /// The end of input ([`MAX_WATERMARK`](omstream_core::runtime::MAX_WATERMARK)) is acted on
+    /// but not kept: it says this run's input ended, not how far event time went. A later run
+    /// restored from the final checkpoint reads new records, and they must not all be late.
     #[inline]
     pub(crate) fn advance(&mut self, watermark: EventTime) -> EventTime {
         let watermark = watermark.max(self.value);
-        self.set(watermark);
+        if watermark == omstream_core::runtime::MAX_WATERMARK {
+            self.value = watermark;
+        } else {
+            self.set(watermark);
+        }
         watermark
     }
 }
@@ -215,7 +223,7 @@ impl SubtaskValue<EventTime> {
 mod tests {
     use std::sync::Arc;
 
-    use omstream_core::runtime::{ProcessingClock, SubtaskInfo, MIN_WATERMARK};
+    use omstream_core::runtime::{ProcessingClock, SubtaskInfo, MAX_WATERMARK, MIN_WATERMARK};
     use omstream_core::state::{DurableBackend, StateBackend, StateStore};
 
     use super::*;
@@ -301,6 +309,30 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(restored, expected);
+        let mut watermark = SubtaskValue::watermark();
+        watermark.open(&ctx, "watermark");
+        assert_eq!(*watermark.get(), 50);
+    }
+
+    /// Regression: the final checkpoint kept the end of input as the watermark, and a job
+    /// run again from it dropped every new record as late.
+    #[test]
+    fn the_end_of_input_is_acted_on_but_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let first = store.begin_run(0).unwrap();
+        let ctx = context(&store, first, 0, 1);
+        let mut watermark = SubtaskValue::watermark();
+        watermark.open(&ctx, "watermark");
+        watermark.advance(50);
+        assert_eq!(watermark.advance(MAX_WATERMARK), MAX_WATERMARK);
+        assert_eq!(watermark.advance(60), MAX_WATERMARK, "the input has ended");
+        store.set_last_triggered_epoch(first).unwrap();
+        snapshot(watermark.keyed_state().into_iter().collect(), first);
+        drop((watermark, ctx));
+
+        let first = store.begin_run(first).unwrap();
+        let ctx = context(&store, first, 0, 1);
         let mut watermark = SubtaskValue::watermark();
         watermark.open(&ctx, "watermark");
         assert_eq!(*watermark.get(), 50);

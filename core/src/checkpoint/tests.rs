@@ -236,6 +236,37 @@ async fn periodic_checkpoints_and_a_final_one_at_the_end() {
     });
 }
 
+/// Regression: two sinks fed by one operator in one task. At the end of input the first
+/// waited for the final checkpoint before the second had even seen `End`, so it never came.
+#[tokio::test]
+async fn a_stream_into_two_sinks_ends_with_its_final_checkpoint() {
+    let (_queues, ap) = embedded(2).await;
+    let state = tempfile::tempdir().unwrap();
+    send(&ap, 0..300, 2).await;
+    let env = StreamEnv::new(
+        JobConfig::named("counts").with_checkpoints(CheckpointConfig::new(state.path())),
+    );
+    let counts = env
+        .add_oms_source(
+            OmsSourceConfig::new(ap.clone(), "in")
+                .decoder(Decoder::utf8())
+                .bounded(true),
+        )
+        .unwrap()
+        .key_by(|key: &String| key.clone())
+        .transform("count", |_| Box::new(RunningCount::default()));
+    let out = counts.collect();
+    let also = counts.collect();
+    tokio::time::timeout(Duration::from_secs(30), env.execute())
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(final_counts(&out.values()), expected_counts(300));
+    assert_eq!(final_counts(&also.values()), expected_counts(300));
+    let store = CheckpointStore::open(state.path(), "counts").unwrap();
+    assert!(store.latest().unwrap().unwrap().is_final);
+}
+
 #[tokio::test]
 async fn a_changed_graph_is_refused_unless_started_fresh() {
     let (_queues, ap) = embedded(1).await;

@@ -58,8 +58,8 @@ mod source_config;
 
 pub use dead_letter::{DeadLetter, DLQ_OFFSET, DLQ_OPERATOR, DLQ_PARTITION, DLQ_QUEUE, DLQ_REASON};
 pub use error::{ConnectorError, QueueRole};
-pub use exactly_once::{DeliveryGuarantee, ExactlyOnceError};
 pub use event_time::EventTimeFrom;
+pub use exactly_once::{DeliveryGuarantee, ExactlyOnceError};
 pub use format::{Decoder, Encoder};
 pub use metrics::SourceMetrics;
 pub use sink::OmsSinkConfig;

@@ -126,6 +126,8 @@ pub(crate) struct OmsSource<T> {
     failed: bool,
     /// With a maximum rate: when this subtask started reading, and what it has read since.
     paced_since: Option<(tokio::time::Instant, u64)>,
+    /// How many partitions the queue has (all subtasks together), known once open.
+    queue_partitions: usize,
 }
 
 impl<T> std::fmt::Debug for OmsSource<T> {
@@ -158,16 +160,22 @@ impl<T: Data> OmsSource<T> {
             snapshots: BTreeMap::new(),
             failed: false,
             paced_since: None,
+            queue_partitions: 0,
         }
     }
 
     /// With a maximum rate, waits until this subtask may read its next batch. Cancel-safe: the
     /// deadline is computed from what was read, not kept in the future.
+    ///
+    /// A subtask's share of the rate is its share of the partitions, so that every partition
+    /// is read at the same pace. (An equal share per subtask read the partitions of a subtask
+    /// with more of them slower: 4 partitions over 3 subtasks, two of them at half the pace of
+    /// the others, so the watermark, their minimum, fell ever further behind the data.)
     async fn pace(&mut self) {
         let Some(rate) = self.config.max_rate else {
             return;
         };
-        let per_subtask = rate / self.subtask.parallelism as f64;
+        let per_subtask = rate * self.partitions.len() as f64 / self.queue_partitions.max(1) as f64;
         let (since, read) = *self
             .paced_since
             .get_or_insert_with(|| (tokio::time::Instant::now(), 0));
@@ -187,18 +195,39 @@ impl<T: Data> OmsSource<T> {
         ConnectorError::oms(queue, role, action)
     }
 
-    /// Reads from the next partition that has messages, round robin; waits up to
-    /// [`POLL_WAIT`] when none has. `None` when nothing came.
+    /// The order to look for messages in: the partition furthest behind in event time
+    /// first, ties (partitions level in event time, or none seen yet) round robin from the
+    /// one after the partition read last.
+    ///
+    /// The subtask's watermark is the minimum over its partitions, so a partition read ahead
+    /// of the others only fills the windows downstream with records that cannot fire yet.
+    /// Taking turns by message count let that gap grow without bound whenever partitions
+    /// hold different amounts of event time per message (uneven keys or producers, a
+    /// backlog): the watermark followed the densest partition while the others ran ahead,
+    /// and every key kept a pane per window in between. Reading the one behind first keeps
+    /// the partitions within about one batch of each other.
+    fn read_order(&self) -> Vec<usize> {
+        let count = self.partitions.len();
+        let mut order: Vec<usize> = (0..count).collect();
+        order.sort_by_key(|&index| {
+            let turn = (index + count - self.next_partition) % count;
+            (self.watermarks.partition(index), turn)
+        });
+        order
+    }
+
+    /// Reads from the partition furthest behind in event time that has messages (see
+    /// [`read_order`](Self::read_order)); waits up to [`POLL_WAIT`] when none has. `None`
+    /// when nothing came.
     ///
     /// Cancel-safe as long as the readers' `poll_batch` is: nothing is read between the
     /// awaits here and the return.
     async fn read(&mut self) -> Result<Option<(usize, Vec<Message>)>, ConnectorError> {
         let count = self.partitions.len();
         let batch_size = self.batch_size;
-        // First take what is there already, starting after the partition read last, so that
-        // a busy partition does not starve the others.
-        for step in 0..count {
-            let index = (self.next_partition + step) % count;
+        // First take what is there already, from the partition furthest behind. One without
+        // messages now does not hold the others up: the next in the order is read instead.
+        for index in self.read_order() {
             let cursor = &mut self.partitions[index];
             let Some(max) = cursor.room(batch_size) else {
                 continue;
@@ -477,6 +506,7 @@ impl<T: Data> Source<T> for OmsSource<T> {
             .partitions(queue)
             .await
             .map_err(self.oms_error(QueueRole::Source, "list the partitions of"))?;
+        self.queue_partitions = all.len();
         let mine = assigned_partitions(
             all.into_iter().map(|p| p.partition_id).collect(),
             self.subtask.index,
@@ -614,5 +644,131 @@ impl<T: Data> Source<T> for OmsSource<T> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::EventTimeFrom;
+    use crate::oms::embedded::EMBEDDED_DIR;
+    use crate::oms::{connect, MessagingAccessPoint, QueueConfig};
+    use crate::runtime::{ProcessingClock, WatermarkStrategy};
+
+    /// A store with queue `q` of `partitions`, holding `(partition, event time)` messages.
+    async fn queue(
+        partitions: u32,
+        messages: &[(i32, i64)],
+    ) -> (tempfile::TempDir, Arc<dyn MessagingAccessPoint>) {
+        let dir = tempfile::tempdir().unwrap();
+        let attrs = KeyValue::new().with(EMBEDDED_DIR, dir.path().display());
+        let ap = connect("oms:embedded://localhost/source", attrs)
+            .await
+            .unwrap();
+        let resources = ap.resource_manager().await.unwrap();
+        resources
+            .create_queue("q", QueueConfig::with_partitions(partitions))
+            .await
+            .unwrap();
+        let producer = ap.create_producer(KeyValue::new()).await.unwrap();
+        producer.start().await.unwrap();
+        let batch = messages
+            .iter()
+            .map(|(p, t)| Message::new("q", t.to_string()).with_partition(*p))
+            .collect();
+        producer.send_batch(batch).await.unwrap();
+        (dir, ap)
+    }
+
+    fn context(index: usize, parallelism: usize) -> SourceContext {
+        SourceContext {
+            subtask: SubtaskInfo::new("src", index, parallelism),
+            clock: ProcessingClock::start(),
+            restored: None,
+        }
+    }
+
+    fn config(ap: &Arc<dyn MessagingAccessPoint>) -> OmsSourceConfig<i64> {
+        OmsSourceConfig::<i64>::new(ap.clone(), "q")
+            .event_time(EventTimeFrom::extract(|v: &i64| *v))
+            .watermarks(WatermarkStrategy::default().with_idle_timeout(None))
+            .bounded(true)
+    }
+
+    /// Polls a bounded source to its end: every output, in order.
+    async fn drain(source: &mut OmsSource<i64>, ctx: &SourceContext) -> Vec<SourceOutput<i64>> {
+        let mut outputs = Vec::new();
+        for _ in 0..100_000 {
+            match source.poll(ctx).await.unwrap() {
+                SourceOutput::Finished => return outputs,
+                output => outputs.push(output),
+            }
+        }
+        panic!("the bounded source did not finish");
+    }
+
+    /// Regression: partitions holding different amounts of event time per message, read in
+    /// turns by message count, drifted apart without bound, and the watermark (the slowest
+    /// partition's) with them: every key downstream kept a window per 10 s of the gap.
+    #[tokio::test]
+    async fn partitions_are_read_level_in_event_time_so_the_watermark_keeps_up() {
+        // The same 200 s of event time: 10 ms apart in partition 0, 100 ms in partition 1.
+        let mut messages: Vec<(i32, i64)> = (0..20_000).map(|i| (0, i * 10)).collect();
+        messages.extend((0..2_000).map(|i| (1, i * 100)));
+        let (_dir, ap) = queue(2, &messages).await;
+        let ctx = context(0, 1);
+        let mut source = OmsSource::new(Arc::new(config(&ap)), &ctx.subtask, 100);
+        source.open(&ctx).await.unwrap();
+        // How far the newest record is ahead of the watermark, at each batch.
+        let (mut newest, mut watermark, mut lag, mut records) = (i64::MIN, i64::MIN, 0, 0);
+        for output in drain(&mut source, &ctx).await {
+            match output {
+                SourceOutput::Data(batch) => {
+                    records += batch.len();
+                    newest = batch.iter().map(|r| r.timestamp).fold(newest, i64::max);
+                    if watermark > i64::MIN {
+                        lag = lag.max(newest - watermark);
+                    }
+                }
+                SourceOutput::Watermark(w) => watermark = w,
+                _ => {}
+            }
+        }
+        assert_eq!(records, 22_000);
+        assert_eq!(watermark, 199_899, "partition 1's last record, less 1 ms");
+        // A batch of partition 1 spans 10 s: the partitions stay within about that. (In
+        // turns, partition 1 was read to its end while partition 0 was at 20 s: 180 s.)
+        assert!(lag <= 11_000, "the watermark fell {lag} ms behind the data");
+    }
+
+    /// Regression: the rate was split evenly over subtasks, so with 4 partitions over 3
+    /// subtasks the two partitions of subtask 0 were read at half the pace of the others.
+    #[tokio::test(start_paused = true)]
+    async fn a_maximum_rate_reads_every_partition_at_the_same_pace() {
+        let messages: Vec<(i32, i64)> = (0..1_200).map(|i| ((i % 4) as i32, i)).collect();
+        let (_dir, ap) = queue(4, &messages).await;
+        let mut elapsed = Vec::new();
+        for index in 0..3 {
+            // 400 records a second in all: 100 per partition.
+            let config = Arc::new(config(&ap).max_rate(400.0));
+            let ctx = context(index, 3);
+            let mut source = OmsSource::new(config, &ctx.subtask, 100);
+            source.open(&ctx).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let outputs = drain(&mut source, &ctx).await;
+            let read: usize = outputs
+                .iter()
+                .map(|o| match o {
+                    SourceOutput::Data(batch) => batch.len(),
+                    _ => 0,
+                })
+                .sum();
+            elapsed.push((read, started.elapsed().as_millis()));
+        }
+        // 300 records per partition, 100 a batch, 100 a second per partition: the third batch
+        // of partition 1 (subtask 1) is due at 2 s. Subtask 0 reads partitions 0 and 3 in
+        // turns at 200 a second: its sixth batch at 2.5 s. (Split evenly, 133 a second per
+        // subtask: subtask 0 took 3.75 s, the others 1.5 s.)
+        assert_eq!(elapsed, [(600, 2_500), (300, 2_000), (300, 2_000)]);
     }
 }

@@ -240,6 +240,15 @@ impl<T: Clone + Send + 'static> Chain<T> for FanOut<T> {
     }
 
     async fn push(&mut self, element: StreamElement<T>) -> Result<()> {
+        if matches!(element, StreamElement::End) {
+            // Every output at once: in a checkpointed job a sink at `End` pre-commits, reports
+            // itself finished and then waits for the job's final checkpoint, which needs every
+            // other sink of this task to have finished too. One output at a time, the first
+            // sink waited for the others forever.
+            let ends = self.outputs.iter_mut().map(|o| o.push(StreamElement::End));
+            futures::future::try_join_all(ends).await?;
+            return Ok(());
+        }
         let Some((last, rest)) = self.outputs.split_last_mut() else {
             return Ok(());
         };

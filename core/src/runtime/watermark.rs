@@ -170,6 +170,13 @@ impl PartitionWatermarks {
     pub fn emitted(&self) -> EventTime {
         self.emitted
     }
+
+    /// The own watermark of `partition` (before the minimum over partitions): how far its
+    /// records have gone in event time. A source reads the partition furthest behind first.
+    #[inline]
+    pub fn partition(&self, partition: usize) -> EventTime {
+        self.partition_watermark(&self.partitions[partition])
+    }
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@
 //! its dirty entries are written as versions of the epoch in progress (they belong to the next
 //! checkpoint anyway) and it is emptied: state larger than memory lives in sled.
 
+use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use hashbrown::hash_table::{Entry, HashTable};
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -46,6 +47,9 @@ struct Slot<V> {
     dirty: bool,
     /// Processing time after which the value is gone; `i64::MAX` without a TTL.
     expires_at: i64,
+    /// Whether the store may hold versions of the key (false: it has none at all, so a
+    /// write looks for no older versions, and a deletion needs no write).
+    stored: bool,
 }
 
 /// Keys and values of one state in memory, over its durable versions.
@@ -58,6 +62,18 @@ pub(crate) struct CachedTable<K, V> {
     capacity: usize,
     /// Without a store: the size at which expired entries are next swept out.
     sweep_at: usize,
+    /// No key outside the cache has a value in the store, so a miss reads nothing: true
+    /// when the store held nothing of this state at the table's creation, until the cache
+    /// is emptied to make room.
+    uncached_absent: bool,
+    /// No key outside the cache has any version in the store, not even a deletion: as
+    /// `uncached_absent`, until a written deletion leaves the cache.
+    uncached_unwritten: bool,
+    /// The values that the last [`keys`](Self::keys) read from the store for keys outside
+    /// the cache, so that a miss right after (restoring timers reads every key it listed)
+    /// does not read the store again. Dropped at the next snapshot or when the cache is
+    /// emptied; a key's entry goes when the key is loaded, before it can be written.
+    scanned: RefCell<FxHashMap<K, sled::IVec>>,
 }
 
 /// The smallest table size at which a table without a store sweeps out expired entries.
@@ -101,6 +117,12 @@ where
         ttl: Option<Ttl>,
         capacity: usize,
     ) -> Self {
+        // Of any key group: some states (a subtask's own values) read keys of other groups.
+        let empty = durable.as_ref().is_some_and(|d| {
+            d.store
+                .is_empty(d.state_id)
+                .unwrap_or_else(|e| panic!("state '{name}': {e}"))
+        });
         CachedTable {
             name: name.to_string(),
             table: HashTable::new(),
@@ -108,6 +130,9 @@ where
             ttl,
             capacity: capacity.max(1),
             sweep_at: SWEEP_MIN,
+            uncached_absent: empty,
+            uncached_unwritten: empty,
+            scanned: RefCell::new(FxHashMap::default()),
         }
     }
 
@@ -148,11 +173,20 @@ where
     /// Loads the key's durable value (`None` when absent or expired).
     fn load(&self, key: &K) -> Option<(i64, V)> {
         let durable = self.durable.as_ref()?;
-        let prefix = Self::prefix(durable, &self.encode_key(key), key);
-        let bytes = durable
-            .store
-            .read(&prefix)
-            .unwrap_or_else(|e| panic!("state '{}': {e}", self.name))?;
+        if self.uncached_absent {
+            return None;
+        }
+        let scanned = self.scanned.borrow_mut().remove(key);
+        let bytes = match scanned {
+            Some(bytes) => bytes,
+            None => {
+                let prefix = Self::prefix(durable, &self.encode_key(key), key);
+                durable
+                    .store
+                    .read(&prefix)
+                    .unwrap_or_else(|e| panic!("state '{}': {e}", self.name))?
+            }
+        };
         let (expires_at, value) = self.decode_value(&bytes);
         (expires_at > self.now()).then_some((expires_at, value))
     }
@@ -161,25 +195,29 @@ where
     /// slot with no value only if it is already cached).
     fn slot(&mut self, key: &K) -> Option<&mut Slot<V>> {
         let hash = hash_of(key);
+        let now = self.now();
         let cached = self.table.find(hash, |(k, _)| k == key).is_some();
-        if !cached {
+        let slot = if cached {
+            &mut self.table.find_mut(hash, |(k, _)| k == key)?.1
+        } else {
             let (expires_at, value) = self.load(key)?;
             self.make_room();
-            self.table.insert_unique(
-                hash,
-                (
-                    key.clone(),
-                    Slot {
-                        value: Some(value),
-                        dirty: false,
-                        expires_at,
-                    },
-                ),
-                |(k, _)| hash_of(k),
-            );
-        }
-        let now = self.now();
-        let slot = &mut self.table.find_mut(hash, |(k, _)| k == key)?.1;
+            let listed = self.scanned.get_mut().len();
+            if listed > 0 {
+                // Keys listed by `keys()` are usually all loaded next (a restore): grow once.
+                self.table.reserve(listed + 1, |(k, _)| hash_of(k));
+            }
+            let slot = Slot {
+                value: Some(value),
+                dirty: false,
+                expires_at,
+                stored: true,
+            };
+            let entry = self
+                .table
+                .insert_unique(hash, (key.clone(), slot), |(k, _)| hash_of(k));
+            &mut entry.into_mut().1
+        };
         if slot.value.is_some() && slot.expires_at <= now {
             slot.value = None;
             slot.dirty = true;
@@ -221,6 +259,7 @@ where
                             value: None,
                             dirty: true,
                             expires_at,
+                            stored: !self.uncached_unwritten,
                         },
                     ),
                     |(k, _)| hash_of(k),
@@ -250,6 +289,7 @@ where
             return slot.value.replace(value);
         }
         self.make_room();
+        let stored = !self.uncached_unwritten;
         let hash = hash_of(&key);
         match self
             .table
@@ -263,6 +303,7 @@ where
                         value: Some(value),
                         dirty: true,
                         expires_at,
+                        stored,
                     },
                 ));
             }
@@ -298,11 +339,16 @@ where
             .filter(|(_, slot)| live(slot))
             .map(|(k, _)| k.clone())
             .collect();
-        if let Some(durable) = &self.durable {
+        if let Some(durable) = self.durable.as_ref().filter(|_| !self.uncached_absent) {
             let stored = durable
                 .store
                 .scan(durable.state_id, durable.key_groups.clone())
                 .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
+            let mut scanned = self.scanned.borrow_mut();
+            scanned.clear();
+            // Kept only while the cache and they fit its capacity.
+            let room = self.capacity.saturating_sub(self.table.len());
+            scanned.reserve(stored.len().min(room));
             for (key_bytes, value) in stored {
                 let key: K = rmp_serde::from_slice(&key_bytes)
                     .unwrap_or_else(|e| panic!("{}", self.codec("decode", e)));
@@ -311,6 +357,9 @@ where
                 }
                 let expires_at = i64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
                 if expires_at > now {
+                    if scanned.len() < room {
+                        scanned.insert(key.clone(), value);
+                    }
                     keys.push(key);
                 }
             }
@@ -344,6 +393,10 @@ where
         self.write_dirty(epoch)
             .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
         self.table.clear();
+        // What was cached is now only in the store.
+        self.uncached_absent = false;
+        self.uncached_unwritten = false;
+        self.scanned.get_mut().clear();
     }
 
     /// Without a store (heap state with a TTL) nothing else ever drops expired entries: drop
@@ -365,7 +418,13 @@ where
             return Ok(SnapshotStats::default());
         };
         let mut writes = Vec::new();
+        let mut new_keys = Vec::new();
         for (key, slot) in self.table.iter_mut().filter(|(_, s)| s.dirty) {
+            if slot.value.is_none() && !slot.stored {
+                // Created and deleted since the last write: nothing to write (the slot goes).
+                slot.dirty = false;
+                continue;
+            }
             let key_bytes = rmp_serde::to_vec(key).map_err(|e| StateError::Codec {
                 state: self.name.clone(),
                 action: "encode",
@@ -387,11 +446,22 @@ where
                 prefix: Self::prefix(&durable, &key_bytes, key),
                 value,
             });
+            new_keys.push(!slot.stored);
             slot.dirty = false;
+            slot.stored = true;
         }
-        let bytes = durable.store.write(epoch, &writes)?;
-        // Written deletions need no slot any more.
-        self.table.retain(|(_, slot)| slot.value.is_some());
+        let bytes = durable
+            .store
+            .write_versions(epoch, &writes, |i| new_keys[i])?;
+        // Written deletions need no slot any more (nor unwritten ones).
+        let mut dropped_written = false;
+        self.table.retain(|(_, slot)| {
+            dropped_written |= slot.value.is_none() && slot.stored;
+            slot.value.is_some()
+        });
+        if dropped_written {
+            self.uncached_unwritten = false;
+        }
         Ok(SnapshotStats {
             entries: writes.len() as u64,
             bytes,
@@ -410,6 +480,7 @@ where
         if let Some(durable) = &mut self.durable {
             durable.epoch = epoch + 1;
         }
+        self.scanned.get_mut().clear();
         Ok(stats)
     }
 }

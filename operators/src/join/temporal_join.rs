@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use omstream_core::runtime::{
     Batch, Data, EventTime, Operator, OperatorContext, OperatorResult, Record, TimerQueue,
-    MIN_WATERMARK,
+    MAX_WATERMARK, MIN_WATERMARK,
 };
 use omstream_core::state::{KeyedState, MapState, StateKey, StateValue};
 use serde::{Deserialize, Serialize};
@@ -294,8 +294,14 @@ where
             self.mirror.remove(&key, time, &Queue::Prune);
             self.prune(&key)?;
         }
-        self.progress
-            .set((self.watermark, self.pruned_tombstones_up_to));
+        // The end of input is not kept as the watermark: a later run restored from the final
+        // checkpoint reads new records, which must not all count as late.
+        let kept = if self.watermark == MAX_WATERMARK {
+            self.progress.get().0
+        } else {
+            self.watermark
+        };
+        self.progress.set((kept, self.pruned_tombstones_up_to));
         Ok(())
     }
 
