@@ -15,6 +15,12 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    /// Another running job (in this process or another) has the state database open.
+    #[error("state store {path} is in use by another running job; stop that job, or give this one its own state directory (CheckpointConfig::new)")]
+    InUse {
+        /// The database's path.
+        path: PathBuf,
+    },
     /// Something in the state directory is not what omstream wrote.
     #[error("state store {path}: {what}")]
     Corrupt {

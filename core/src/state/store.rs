@@ -74,18 +74,46 @@ pub(crate) struct VersionedWrite {
     pub(crate) value: Vec<u8>,
 }
 
+/// Whether sled failed to open because another handle holds the database's file lock.
+fn is_locked(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
+}
+
 impl StateStore {
+    /// How long [`open`](Self::open) waits for a locked database before it reports it in use.
+    pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
     /// Opens (or creates) the state database under `dir`.
+    ///
+    /// The database is locked while open. A job that ended in this process may still hold it
+    /// for a moment (sled's I/O threads finish their last writes after the handle is dropped),
+    /// so a locked database is tried again for up to [`LOCK_WAIT`](Self::LOCK_WAIT); after that it belongs to
+    /// another running job and [`StateError::InUse`] says so.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join("state.sled");
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             // Durability comes from the explicit flush before a checkpoint record is written,
             // not from sled's periodic flush.
             .flush_every_ms(None)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
-            .map_err(|e| StateError::store(&path, e))?;
+            .cache_capacity(256 * 1024 * 1024);
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_locked(&e) && started.elapsed() < Self::LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) if is_locked(&e) => return Err(StateError::InUse { path }),
+                Err(e) => return Err(StateError::store(&path, e)),
+            }
+        };
         let data = db
             .open_tree(DATA_TREE)
             .map_err(|e| StateError::store(&path, e))?;
@@ -449,6 +477,29 @@ fn merge_ranges(ranges: &mut Vec<(u64, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a job run again in the same process right after the first ended could find
+    /// the database still locked by sled's I/O threads, and failed to start.
+    #[test]
+    fn an_open_database_is_waited_for_then_reported_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateStore::open(dir.path()).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        let second = StateStore::open(dir.path()).expect("opened once the first let go");
+        releaser.join().unwrap();
+
+        let started = std::time::Instant::now();
+        let Err(error) = StateStore::open(dir.path()) else {
+            panic!("opened while `second` holds it");
+        };
+        assert!(started.elapsed() >= StateStore::LOCK_WAIT);
+        assert!(matches!(error, StateError::InUse { .. }), "{error:?}");
+        assert!(error.to_string().contains("in use by another running job"));
+        drop(second);
+    }
 
     fn write(store: &StateStore, epoch: u64, key: &[u8], value: &[u8]) {
         let prefix = StateStore::key_prefix(0, 3, key);
