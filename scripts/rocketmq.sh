@@ -75,6 +75,13 @@ namesrvAddr = "127.0.0.1:$NAMESRV_PORT"
 brokerIp1 = "127.0.0.1"
 listenPort = $BROKER_PORT
 storePathRootDir = "$RUN/store"
+# A half message nobody ended is checked back after 2 s, then every second (defaults: 6 s and
+# 30 s), so that the tests see open transactions resolved within seconds. The ends of
+# transactions are recorded in batches (default every 3 s); that must stay well below the
+# check timeout, or a transaction just committed is checked back (and committed) again.
+transactionTimeout = 2000
+transactionCheckInterval = 1000
+transactionOpBatchInterval = 100
 
 [broker.brokerServerConfig]
 bindAddress = "127.0.0.1"

@@ -7,6 +7,8 @@
 //! - [`runtime`]: the dataflow engine; [`state`]: keyed state; [`checkpoint`]: checkpoints
 //!   and recovery.
 #![deny(missing_docs)]
+// The RocketMQ client's futures are deeply nested; proving them `Send` needs more depth.
+#![recursion_limit = "256"]
 
 pub mod checkpoint;
 pub mod connectors;

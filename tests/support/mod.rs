@@ -61,3 +61,6 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         .map(|m| serde_json::from_slice(&m.data).expect("a JSON body"))
         .collect()
 }
+
+/// The RocketMQ broker the RocketMQ tests run against.
+pub(crate) mod rocketmq;

@@ -113,10 +113,13 @@ impl DriverRegistry {
         Self::default()
     }
 
-    /// A registry with the drivers built into this crate (`embedded`).
+    /// A registry with the drivers built into this crate: `embedded`, and `rocketmq` with the
+    /// `rocketmq` feature.
     pub fn with_builtin() -> Self {
         let mut registry = Self::empty();
         registry.register(Arc::new(super::embedded::EmbeddedDriver));
+        #[cfg(feature = "rocketmq")]
+        registry.register(Arc::new(super::rocketmq::RocketMqDriver));
         registry
     }
 

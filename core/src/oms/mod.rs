@@ -35,6 +35,8 @@ mod lifecycle;
 mod message;
 mod producer;
 mod resource;
+#[cfg(feature = "rocketmq")]
+pub mod rocketmq;
 mod streaming;
 mod uri;
 
