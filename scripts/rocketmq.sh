@@ -9,6 +9,9 @@
 #                                 their own; waits until the broker has registered
 #   scripts/rocketmq.sh stop      stops exactly the processes `start` started (pid files)
 #   scripts/rocketmq.sh status
+#   scripts/rocketmq.sh kill-broker   SIGKILLs the broker only (fault tests: a crashed broker)
+#   scripts/rocketmq.sh start-broker  starts the broker again, with the data and config `start`
+#                                     left (the name server must be running)
 #
 # Settings (environment):
 #   OMSTREAM_TOOLS  where binaries and their build directory go (default ~/.cache/omstream/tools)
@@ -68,6 +71,8 @@ start() {
         fi
     done
     mkdir -p "$RUN/home/conf" "$RUN/store"
+    # The broker log is appended to by restarts; a fresh start begins a fresh one.
+    : > "$RUN/broker.log"
     export ROCKETMQ_HOME="$RUN/home"
     cat > "$ROCKETMQ_HOME/conf/broker.toml" <<TOML
 [broker]
@@ -107,14 +112,45 @@ TOML
         > "$RUN/namesrv.log" 2>&1 &
     echo $! > "$RUN/namesrv.pid"
     wait_port "$NAMESRV_PORT" namesrv
-    ROCKETMQ_SECURITY_PROFILE=development-insecure-loopback \
-        "$BROKER_BIN" -c "$ROCKETMQ_HOME/conf/broker.toml" -n "127.0.0.1:$NAMESRV_PORT" \
-        > "$RUN/broker.log" 2>&1 &
+    run_broker
+    say "name server 127.0.0.1:$NAMESRV_PORT, broker 127.0.0.1:$BROKER_PORT, data in $RUN"
+}
+
+# Starts the broker with the config `start` wrote; appends to its log.
+run_broker() {
+    ROCKETMQ_HOME="$RUN/home" ROCKETMQ_SECURITY_PROFILE=development-insecure-loopback \
+        "$BROKER_BIN" -c "$RUN/home/conf/broker.toml" -n "127.0.0.1:$NAMESRV_PORT" \
+        >> "$RUN/broker.log" 2>&1 &
     echo $! > "$RUN/broker.pid"
     wait_port "$BROKER_PORT" broker
     # Clients work about a second after the broker registered with the name server.
     sleep 1
-    say "name server 127.0.0.1:$NAMESRV_PORT, broker 127.0.0.1:$BROKER_PORT, data in $RUN"
+}
+
+kill_broker() {
+    if ! running broker; then
+        say "no broker of ours runs (pid file $RUN/broker.pid)"
+        exit 1
+    fi
+    local pid
+    pid=$(cat "$RUN/broker.pid")
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    rm -f "$RUN/broker.pid"
+    say "broker (pid $pid) killed"
+}
+
+start_broker() {
+    if running broker; then
+        say "the broker already runs (pid $(cat "$RUN/broker.pid"))"
+        exit 1
+    fi
+    if ! running namesrv || [[ ! -f "$RUN/home/conf/broker.toml" ]]; then
+        say "start-broker restarts a broker that \`start\` set up; run \`start\` first"
+        exit 1
+    fi
+    run_broker
+    say "broker 127.0.0.1:$BROKER_PORT started again"
 }
 
 stop_one() {
@@ -155,5 +191,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) say "usage: scripts/rocketmq.sh install|start|stop|status"; exit 2 ;;
+    kill-broker) kill_broker ;;
+    start-broker) start_broker ;;
+    *) say "usage: scripts/rocketmq.sh install|start|stop|status|kill-broker|start-broker"; exit 2 ;;
 esac

@@ -49,6 +49,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::error::{ConnectorError, QueueRole};
+use super::retry::Retrier;
 use super::sink::OmsSinkConfig;
 use crate::oms::{
     KeyValue, Message, Producer, ServiceLifecycle, TransactionState, TransactionStateCheckListener,
@@ -207,11 +208,17 @@ pub(crate) struct ExactlyOnceSink<T> {
     open: Vec<TransactionalResult>,
     /// Transactions of epochs whose barrier passed, until their checkpoint completes.
     prepared: BTreeMap<u64, Vec<TransactionalResult>>,
+    retrier: Retrier,
 }
 
 impl<T> ExactlyOnceSink<T> {
     pub(crate) fn new(config: Arc<OmsSinkConfig<T>>) -> Self {
+        let retrier = Retrier::new(
+            config.retry_policy(),
+            format!("sink of queue '{}'", config.queue()),
+        );
         ExactlyOnceSink {
+            retrier,
             template: Message::new(config.queue(), bytes::Bytes::new()),
             config,
             producer: None,
@@ -295,16 +302,23 @@ impl<T> ExactlyOnceSink<T> {
             .producer
             .as_ref()
             .ok_or("the OMS sink was not opened")?;
-        let messages = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let tx = producer
-            .prepare_batch(messages)
+        // Taken only once prepared: a retry prepares a new transaction of the same records
+        // (a transaction a failed attempt left half prepared is never committed: the broker
+        // or the next run's recovery rolls it back).
+        let pending = &self.pending;
+        let tx = self
+            .retrier
+            .run("prepare a transaction", || {
+                producer.prepare_batch(pending.clone())
+            })
             .await
             .map_err(ConnectorError::oms(
                 self.config.queue(),
                 QueueRole::Sink,
                 "prepare a transaction on",
             ))?;
+        self.pending.clear();
+        self.pending_bytes = 0;
         self.open.push(tx);
         Ok(())
     }
@@ -364,11 +378,17 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
             restored_epoch = ?subtask.restored_epoch,
             "opening an OMS sink"
         );
+        self.retrier.set_owner(format!(
+            "sink {} of queue '{}'",
+            self.task,
+            self.config.queue()
+        ));
         let ap = self.config.access_point().clone();
-        ap.resource_manager()
-            .await
-            .map_err(self.oms_error("look up"))?
-            .describe_queue(self.config.queue())
+        let queue = self.config.queue().to_string();
+        self.retrier
+            .run("look up the queue", || async {
+                ap.resource_manager().await?.describe_queue(&queue).await
+            })
             .await
             .map_err(self.oms_error("look up"))?;
         if subtask.index == 0 {
@@ -378,8 +398,8 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
             .create_transactional_producer(KeyValue::new(), Arc::new(Undecided))
             .await
             .map_err(self.oms_error("create a producer for"))?;
-        producer
-            .start()
+        self.retrier
+            .run("start a producer", || producer.start())
             .await
             .map_err(self.oms_error("start a producer for"))?;
         self.producer = Some(producer);

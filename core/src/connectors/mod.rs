@@ -52,6 +52,7 @@ mod event_time;
 pub mod exactly_once;
 mod format;
 mod metrics;
+mod retry;
 mod sink;
 mod source;
 mod source_config;
@@ -62,6 +63,7 @@ pub use event_time::EventTimeFrom;
 pub use exactly_once::{DeliveryGuarantee, ExactlyOnceError};
 pub use format::{Decoder, Encoder};
 pub use metrics::SourceMetrics;
+pub use retry::{RetryPolicy, STILL_FAILING_EVERY};
 pub use sink::OmsSinkConfig;
 pub use source_config::{CommitPolicy, FallbackPosition, OmsSourceConfig, StartPosition};
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::error::{ConnectorError, QueueRole};
 use super::exactly_once::{DeliveryGuarantee, ExactlyOnceSink};
 use super::format::Encoder;
+use super::retry::{Retrier, RetryPolicy};
 use crate::oms::{KeyValue, Message, MessagingAccessPoint, Producer, ServiceLifecycle};
 use crate::runtime::{Batch, BoxError, Data, RuntimeError, Sink, Stream, SubtaskInfo};
 
@@ -54,6 +55,7 @@ pub struct OmsSinkConfig<T> {
     record_properties: Option<Arc<PropertiesFn<T>>>,
     guarantee: DeliveryGuarantee,
     transaction_size: usize,
+    retry: RetryPolicy,
 }
 
 /// The default of [`OmsSinkConfig::transaction_size`].
@@ -71,6 +73,7 @@ impl<T> Clone for OmsSinkConfig<T> {
             record_properties: self.record_properties.clone(),
             guarantee: self.guarantee,
             transaction_size: self.transaction_size,
+            retry: self.retry,
         }
     }
 }
@@ -86,6 +89,7 @@ impl<T> fmt::Debug for OmsSinkConfig<T> {
             .field("record_properties", &self.record_properties.is_some())
             .field("guarantee", &self.guarantee)
             .field("transaction_size", &self.transaction_size)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -114,7 +118,24 @@ impl<T> OmsSinkConfig<T> {
             record_properties: None,
             guarantee: DeliveryGuarantee::default(),
             transaction_size: DEFAULT_TRANSACTION_SIZE,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// How sends that fail because the messaging service is out of reach are retried
+    /// (default: [`RetryPolicy::default`], backoff up to 5 s, giving up after 5 minutes).
+    /// While it retries, the sink holds its batch and the job pauses behind it. A retried
+    /// send whose first attempt was stored after all (its answer was lost) is stored twice
+    /// by the at-least-once sink; the exactly-once sink's records are in a transaction that
+    /// is only committed once.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The retry policy.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// The operator's name in the job (default: `<queue>-sink`).
@@ -242,6 +263,12 @@ impl<T> OmsSinkConfig<T> {
                 self.queue
             )));
         }
+        if let Err(message) = self
+            .retry
+            .validate(&format!("the sink of '{}'", self.queue))
+        {
+            return Err(RuntimeError::InvalidConfig(message));
+        }
         if self.transaction_size == 0 {
             return Err(RuntimeError::InvalidConfig(format!(
                 "the transaction size of the sink of '{}' is 0; give at least 1 record \
@@ -263,6 +290,7 @@ impl<T: Data> OmsSinkConfig<T> {
         match self.guarantee {
             DeliveryGuarantee::AtLeastOnce => Box::new(OmsSink {
                 template: Message::new(&config.queue, bytes::Bytes::new()),
+                retrier: Retrier::new(config.retry, format!("sink of queue '{}'", config.queue)),
                 config,
                 producer: None,
             }),
@@ -287,42 +315,61 @@ impl<T: Data> Stream<T> {
 }
 
 /// One subtask of an OMS sink.
+/// The messages of a batch's records.
+fn encode<T>(
+    config: &OmsSinkConfig<T>,
+    template: &Message,
+    batch: &Batch<T>,
+) -> Result<Vec<Message>, ConnectorError> {
+    batch
+        .iter()
+        .map(|record| config.message(template, &record.value))
+        .collect()
+}
+
 struct OmsSink<T> {
     config: Arc<OmsSinkConfig<T>>,
     producer: Option<Producer>,
+    retrier: Retrier,
     /// An empty message to the queue: cloning it shares the queue name instead of copying it.
     template: Message,
 }
 
 #[async_trait]
 impl<T: Data> Sink<T> for OmsSink<T> {
-    /// Checks that the queue exists and starts a producer.
+    /// Checks that the queue exists and starts a producer, retrying while the messaging
+    /// service is out of reach.
     async fn open(&mut self, subtask: &SubtaskInfo) -> Result<(), BoxError> {
-        let config = &self.config;
+        let config = self.config.clone();
         tracing::info!(
             sink = %subtask.task_name(),
             queue = %config.queue,
             guarantee = %config.guarantee,
             "opening an OMS sink"
         );
+        self.retrier.set_owner(format!(
+            "sink {} of queue '{}'",
+            subtask.task_name(),
+            config.queue
+        ));
         let error =
             |action: &'static str| ConnectorError::oms(&config.queue, QueueRole::Sink, action);
-        let resources = config
-            .access_point
-            .resource_manager()
+        let ap = &config.access_point;
+        self.retrier
+            .run("look up the queue", || async {
+                ap.resource_manager()
+                    .await?
+                    .describe_queue(&config.queue)
+                    .await
+            })
             .await
             .map_err(error("look up"))?;
-        resources
-            .describe_queue(&config.queue)
-            .await
-            .map_err(error("look up"))?;
-        let producer = config
-            .access_point
+        let producer = ap
             .create_producer(KeyValue::new())
             .await
             .map_err(error("create a producer for"))?;
-        producer
-            .start()
+        self.retrier
+            .run("start a producer", || producer.start())
             .await
             .map_err(error("start a producer for"))?;
         self.producer = Some(producer);
@@ -330,23 +377,30 @@ impl<T: Data> Sink<T> for OmsSink<T> {
     }
 
     async fn write_batch(&mut self, batch: Batch<T>) -> Result<(), BoxError> {
-        let messages = batch
-            .iter()
-            .map(|record| self.config.message(&self.template, &record.value))
-            .collect::<Result<Vec<_>, _>>()?;
         let producer = self
             .producer
             .as_ref()
             .ok_or("the OMS sink was not opened")?;
-        producer
-            .send_batch(messages)
-            .await
-            .map_err(ConnectorError::oms(
-                &self.config.queue,
-                QueueRole::Sink,
-                "write to",
-            ))?;
-        Ok(())
+        let mut messages = Some(encode(&self.config, &self.template, &batch)?);
+        loop {
+            // A retry encodes the batch again rather than keep a copy of every batch sent.
+            let attempt = match messages.take() {
+                Some(messages) => messages,
+                None => encode(&self.config, &self.template, &batch)?,
+            };
+            match producer.send_batch(attempt).await {
+                Ok(_) => {
+                    self.retrier.succeeded("write a batch");
+                    return Ok(());
+                }
+                Err(error) => {
+                    let wait = self.retrier.failed("write a batch", error).map_err(
+                        ConnectorError::oms(&self.config.queue, QueueRole::Sink, "write to"),
+                    )?;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 
     /// Every batch was stored when `write_batch` returned; stopping the producer flushes

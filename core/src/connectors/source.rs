@@ -10,8 +10,9 @@ use futures::FutureExt;
 
 use super::dead_letter::{dead_letter, DeadLetter, Origin};
 use super::error::{ConnectorError, QueueRole};
+use super::retry::Retrier;
 use super::source_config::{CommitPolicy, OmsSourceConfig, StartPosition};
-use crate::oms::{keyvalue, KeyValue, Message, PartitionReader, Producer, SeekPosition};
+use crate::oms::{keyvalue, KeyValue, Message, OmsError, PartitionReader, Producer, SeekPosition};
 use crate::oms::{ServiceLifecycle, StreamingConsumer};
 use crate::runtime::{
     Batch, BoxError, CheckpointBarrier, Data, EventTime, PartitionWatermarks, Record, RuntimeError,
@@ -128,6 +129,8 @@ pub(crate) struct OmsSource<T> {
     paced_since: Option<(tokio::time::Instant, u64)>,
     /// How many partitions the queue has (all subtasks together), known once open.
     queue_partitions: usize,
+    /// Retries calls while the messaging service is out of reach.
+    retrier: Retrier,
 }
 
 impl<T> std::fmt::Debug for OmsSource<T> {
@@ -146,7 +149,12 @@ impl<T: Data> OmsSource<T> {
         subtask: &SubtaskInfo,
         batch_size: usize,
     ) -> Self {
+        let retrier = Retrier::new(
+            config.retry,
+            format!("source {} of queue '{}'", subtask.task_name(), config.queue),
+        );
         OmsSource {
+            retrier,
             watermarks: PartitionWatermarks::new(config.watermarks, 0, 0),
             config,
             subtask: subtask.clone(),
@@ -218,11 +226,31 @@ impl<T: Data> OmsSource<T> {
 
     /// Reads from the partition furthest behind in event time that has messages (see
     /// [`read_order`](Self::read_order)); waits up to [`POLL_WAIT`] when none has. `None`
-    /// when nothing came.
+    /// when nothing came. While the messaging service is out of reach, retries with backoff
+    /// (the source pauses: positions stay where they were).
     ///
     /// Cancel-safe as long as the readers' `poll_batch` is: nothing is read between the
-    /// awaits here and the return.
+    /// awaits here and the return, and the outage being retried is kept in `self`.
     async fn read(&mut self) -> Result<Option<(usize, Vec<Message>)>, ConnectorError> {
+        loop {
+            match self.read_once().await {
+                Ok(read) => {
+                    self.retrier.succeeded("read");
+                    return Ok(read);
+                }
+                Err((partition, error)) => {
+                    let wait = self
+                        .retrier
+                        .failed("read", error)
+                        .map_err(read_error(&self.config.queue, partition))?;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`read`](Self::read); an error names the partition it came from.
+    async fn read_once(&mut self) -> Result<Option<(usize, Vec<Message>)>, (i32, OmsError)> {
         let count = self.partitions.len();
         let batch_size = self.batch_size;
         // First take what is there already, from the partition furthest behind. One without
@@ -236,7 +264,7 @@ impl<T: Data> OmsSource<T> {
                 .reader
                 .poll_batch(max, Duration::ZERO)
                 .await
-                .map_err(read_error(&self.config.queue, cursor.partition))?;
+                .map_err(|error| (cursor.partition, error))?;
             if !messages.is_empty() {
                 self.next_partition = (index + 1) % count;
                 return Ok(Some((index, messages)));
@@ -264,7 +292,7 @@ impl<T: Data> OmsSource<T> {
         }
         let ((index, partition, result), _, rest) = futures::future::select_all(waits).await;
         drop(rest);
-        let messages = result.map_err(read_error(&self.config.queue, partition))?;
+        let messages = result.map_err(|error| (partition, error))?;
         if messages.is_empty() {
             let cursor = &mut self.partitions[index];
             cursor.position = cursor.reader_position();
@@ -338,8 +366,11 @@ impl<T: Data> OmsSource<T> {
         }
         let count = ready.dead.len();
         // Bodies are shared bytes: the clone copies headers, not payloads.
-        dlq.producer
-            .send_batch(ready.dead.clone())
+        let dead = &ready.dead;
+        self.retrier
+            .run("send dead letters", || {
+                dlq.producer.send_batch(dead.clone())
+            })
             .await
             .map_err(|source| ConnectorError::DeadLetter {
                 queue: dlq.queue.to_string(),
@@ -454,19 +485,14 @@ async fn seek_position<T>(
     config: &OmsSourceConfig<T>,
     consumer: &dyn StreamingConsumer,
     partition: i32,
-) -> Result<SeekPosition, ConnectorError> {
+) -> Result<SeekPosition, OmsError> {
     Ok(match &config.start {
         StartPosition::Beginning => SeekPosition::Beginning,
         StartPosition::End => SeekPosition::End,
         StartPosition::Timestamp(t) => SeekPosition::Timestamp(*t),
         StartPosition::Committed { fallback } => consumer
             .committed(&config.queue, partition)
-            .await
-            .map_err(ConnectorError::oms(
-                &config.queue,
-                QueueRole::Source,
-                format!("read the committed offset of partition {partition} of"),
-            ))?
+            .await?
             .map_or(fallback.seek(), SeekPosition::Offset),
         StartPosition::Offsets { offsets, fallback } => offsets
             .get(&partition)
@@ -498,14 +524,25 @@ impl<T: Data> Source<T> for OmsSource<T> {
             .create_streaming_consumer(attributes)
             .await
             .map_err(self.oms_error(QueueRole::Source, "create a streaming consumer for"))?;
-        consumer
-            .start()
+        // A service out of reach at start is waited for, with backoff and a log line per
+        // outage (see `RetryPolicy`).
+        let retrier = &mut self.retrier;
+        retrier
+            .run("start a streaming consumer", || consumer.start())
             .await
-            .map_err(self.oms_error(QueueRole::Source, "start a streaming consumer for"))?;
-        let all = consumer
-            .partitions(queue)
+            .map_err(ConnectorError::oms(
+                queue,
+                QueueRole::Source,
+                "start a streaming consumer for",
+            ))?;
+        let all = retrier
+            .run("list the partitions", || consumer.partitions(queue))
             .await
-            .map_err(self.oms_error(QueueRole::Source, "list the partitions of"))?;
+            .map_err(ConnectorError::oms(
+                queue,
+                QueueRole::Source,
+                "list the partitions of",
+            ))?;
         self.queue_partitions = all.len();
         let mine = assigned_partitions(
             all.into_iter().map(|p| p.partition_id).collect(),
@@ -513,15 +550,21 @@ impl<T: Data> Source<T> for OmsSource<T> {
             self.subtask.parallelism,
         );
         for &partition in &mine {
+            let on_partition = |action: &str| {
+                ConnectorError::oms(
+                    queue,
+                    QueueRole::Source,
+                    format!("{action} partition {partition} of"),
+                )
+            };
             let end = if config.bounded {
-                let (_, end) =
-                    consumer
-                        .offset_range(queue, partition)
-                        .await
-                        .map_err(self.oms_error(
-                            QueueRole::Source,
-                            format!("read the end offset of partition {partition} of"),
-                        ))?;
+                let (_, end) = self
+                    .retrier
+                    .run("read an end offset", || {
+                        consumer.offset_range(queue, partition)
+                    })
+                    .await
+                    .map_err(on_partition("read the end offset of"))?;
                 Some(end)
             } else {
                 None
@@ -535,11 +578,19 @@ impl<T: Data> Source<T> for OmsSource<T> {
             });
             let seek = match restored {
                 Some(offset) => SeekPosition::Offset(offset),
-                None => seek_position(&config, consumer.as_ref(), partition).await?,
+                None => self
+                    .retrier
+                    .run("read a committed offset", || {
+                        seek_position(&config, consumer.as_ref(), partition)
+                    })
+                    .await
+                    .map_err(on_partition("read the committed offset of"))?,
             };
-            let reader = consumer.open(queue, partition, seek).await.map_err(
-                self.oms_error(QueueRole::Source, format!("open partition {partition} of")),
-            )?;
+            let reader = self
+                .retrier
+                .run("open a partition", || consumer.open(queue, partition, seek))
+                .await
+                .map_err(on_partition("open"))?;
             let position = reader.position();
             self.partitions.push(PartitionCursor {
                 partition,
@@ -555,8 +606,10 @@ impl<T: Data> Source<T> for OmsSource<T> {
                 .resource_manager()
                 .await
                 .map_err(self.oms_error(QueueRole::DeadLetter, "look up"))?;
-            resources
-                .describe_queue(dlq)
+            self.retrier
+                .run("look up the dead-letter queue", || {
+                    resources.describe_queue(dlq)
+                })
                 .await
                 .map_err(self.oms_error(QueueRole::DeadLetter, "look up"))?;
             let producer = config
@@ -564,8 +617,8 @@ impl<T: Data> Source<T> for OmsSource<T> {
                 .create_producer(KeyValue::new())
                 .await
                 .map_err(self.oms_error(QueueRole::DeadLetter, "create a producer for"))?;
-            producer
-                .start()
+            self.retrier
+                .run("start the dead-letter producer", || producer.start())
                 .await
                 .map_err(self.oms_error(QueueRole::DeadLetter, "start a producer for"))?;
             self.dead_letters = Some(DeadLetterQueue {

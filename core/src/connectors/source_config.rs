@@ -10,6 +10,7 @@ use super::dead_letter::DeadLetter;
 use super::event_time::EventTimeFrom;
 use super::format::Decoder;
 use super::metrics::SourceMetrics;
+use super::retry::RetryPolicy;
 use crate::oms::{MessagingAccessPoint, SeekPosition};
 use crate::runtime::{EventTime, RuntimeError, WatermarkStrategy};
 
@@ -112,6 +113,7 @@ pub struct OmsSourceConfig<T> {
     pub(crate) parallelism: Option<usize>,
     pub(crate) metrics: SourceMetrics,
     pub(crate) max_rate: Option<f64>,
+    pub(crate) retry: RetryPolicy,
 }
 
 impl<T> Clone for OmsSourceConfig<T> {
@@ -132,6 +134,7 @@ impl<T> Clone for OmsSourceConfig<T> {
             parallelism: self.parallelism,
             metrics: self.metrics.clone(),
             max_rate: self.max_rate,
+            retry: self.retry,
         }
     }
 }
@@ -151,6 +154,7 @@ impl<T> fmt::Debug for OmsSourceConfig<T> {
             .field("dead_letter", &self.dead_letter)
             .field("batch_size", &self.batch_size)
             .field("parallelism", &self.parallelism)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -186,6 +190,7 @@ impl<T> OmsSourceConfig<T> {
             parallelism: None,
             metrics: SourceMetrics::default(),
             max_rate: None,
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -270,6 +275,15 @@ impl<T> OmsSourceConfig<T> {
         self
     }
 
+    /// How calls that fail because the messaging service is out of reach are retried
+    /// (default: [`RetryPolicy::default`], backoff up to 5 s, giving up after 5 minutes).
+    /// While it retries, the source pauses where it was; [`RetryPolicy::never`] fails the job
+    /// at the first such error instead.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
     /// A handle on the source's counters, to read while or after the job runs.
     pub fn metrics(&self) -> SourceMetrics {
         self.metrics.clone()
@@ -296,6 +310,9 @@ impl<T> OmsSourceConfig<T> {
             return invalid(format!(
                 "the consumer group of the source of '{queue}' is empty; give a name or leave it unset"
             ));
+        }
+        if let Err(message) = self.retry.validate(&format!("the source of '{queue}'")) {
+            return invalid(message);
         }
         if let Some(rate) = self.max_rate {
             if !(rate.is_finite() && rate > 0.0) {

@@ -151,6 +151,8 @@ pub struct OmsError {
     status: OmsStatus,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Set by drivers on errors a retry may cure.
+    transient: bool,
 }
 
 /// The result type of the OMS layer.
@@ -164,6 +166,7 @@ impl OmsError {
             status,
             message: message.into(),
             source: None,
+            transient: false,
         }
     }
 
@@ -187,6 +190,30 @@ impl OmsError {
     /// The message, without the status code.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// Marks the error as transient: the same call may succeed later (the driver could not
+    /// reach its service, say). See [`is_transient`](Self::is_transient).
+    #[must_use]
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Whether the call may succeed if made again unchanged: the driver marked the error so
+    /// (the service could not be reached), or it is a timeout (1410), a busy service (1502) or
+    /// a flush timeout (1504). Sources and sinks retry these with backoff
+    /// ([`RetryPolicy`](crate::connectors::RetryPolicy)); every other error is final. (A
+    /// 1503 that says a producer or consumer is stopped is not transient: it stays stopped.)
+    pub fn is_transient(&self) -> bool {
+        self.transient
+            || self.kind == OmsErrorKind::Timeout
+            || matches!(
+                self.status,
+                OmsStatus::REQUEST_TIMEOUT
+                    | OmsStatus::STORAGE_SERVICE_BUSY
+                    | OmsStatus::FLUSH_DISK_TIMEOUT
+            )
     }
 
     /// 1404: the queue does not exist.

@@ -75,5 +75,12 @@ pub(crate) fn oms_error(action: &str, name_servers: &str, error: ClientError) ->
             format!("see the broker's log (name servers {name_servers})"),
         )
     };
-    OmsError::new(kind, status, format!("cannot {action}: {detail}; {advice}")).with_source(error)
+    let oms = OmsError::new(kind, status, format!("cannot {action}: {detail}; {advice}"))
+        .with_source(error);
+    // Unreachable and unanswered calls may work once the broker is back.
+    if status == OmsStatus::SERVICE_NOT_AVAILABLE || status == OmsStatus::REQUEST_TIMEOUT {
+        oms.transient()
+    } else {
+        oms
+    }
 }

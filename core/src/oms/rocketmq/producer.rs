@@ -19,6 +19,7 @@ use rocketmq_model::common::topic::TopicValidator;
 use super::access_point::Settings;
 use super::error::oms_error;
 use super::header::{assign_id, from_rocketmq, to_rocketmq, topic_of};
+use super::resource::explain_missing_route;
 use super::runtime::driver_runtime;
 use crate::oms::{
     Message, OmsError, OmsErrorKind, OmsStatus, PreparedTransaction, ProducerBackend, Result,
@@ -162,7 +163,7 @@ impl RocketMqProducer {
         }
         let mut producer = self.client()?;
         let name = topic.to_string();
-        let mut queues = driver_runtime()?
+        let found = driver_runtime()?
             .run(async move { producer.fetch_publish_message_queues(&name).await })
             .await?
             .map_err(|e| {
@@ -178,7 +179,14 @@ impl RocketMqProducer {
                 } else {
                     error
                 }
-            })?;
+            });
+        let mut queues = match found {
+            Ok(queues) => queues,
+            Err(error) => {
+                let queue = super::header::queue_of(topic);
+                return Err(explain_missing_route(&self.settings, &queue, error).await);
+            }
+        };
         queues.sort_by_key(|q| (q.queue_id(), q.broker_name().to_string()));
         let queues = Arc::new(queues);
         self.queues
@@ -287,12 +295,18 @@ impl ProducerBackend for RocketMqProducer {
                     }
                 })
                 .await?
-                .map_err(self.error(&format!("send to topic '{topic}'")))?
-                .ok_or_else(|| {
-                    OmsError::storage(format!(
-                        "RocketMQ returned no result for a send to '{topic}'"
-                    ))
-                })?;
+                .map_err(self.error(&format!("send to topic '{topic}'")));
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(error) => {
+                    return Err(explain_missing_route(&self.settings, &queue, error).await)
+                }
+            }
+            .ok_or_else(|| {
+                OmsError::storage(format!(
+                    "RocketMQ returned no result for a send to '{topic}'"
+                ))
+            })?;
             for (i, (index, id)) in placed.into_iter().enumerate() {
                 results[index] = Some(SendResult {
                     message_id: id,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rocketmq_client_rust::{DefaultMQAdminExt, DefaultMQProducer, TopicAdmin};
+use rocketmq_client_rust::{DefaultMQAdminExt, DefaultMQProducer, RouteAdmin, TopicAdmin};
 use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::topic::TopicValidator;
 use tokio::sync::Mutex;
@@ -113,6 +113,46 @@ impl RocketMqResourceManager {
                 call(producer, clients).await
             })
             .await?
+    }
+
+    /// Whether any broker is registered at the name servers.
+    async fn brokers_registered(&self) -> Result<bool> {
+        let error = self.error("read the cluster's brokers".to_string());
+        self.with_clients(move |_, clients| async move {
+            let guard = clients.lock().await;
+            let admin = &guard.as_ref().expect("started").admin;
+            RouteAdmin::examine_broker_cluster_info(admin)
+                .await
+                .map(|info| {
+                    info.broker_addr_table.is_some_and(|brokers| {
+                        brokers
+                            .values()
+                            .any(|broker| !broker.broker_addrs().is_empty())
+                    })
+                })
+                .map_err(error)
+        })
+        .await
+    }
+
+    /// What a topic without a route means: the queue does not exist, unless no broker is
+    /// registered at all (it died, or has not started): then the queue may well exist, and
+    /// the error is transient (a retry may find the broker back).
+    pub(crate) async fn missing_route(&self, queue: &str) -> OmsError {
+        match self.brokers_registered().await {
+            Ok(true) => OmsError::destination_not_found(queue),
+            Ok(false) => OmsError::new(
+                crate::oms::OmsErrorKind::Runtime,
+                OmsStatus::SERVICE_NOT_AVAILABLE,
+                format!(
+                    "no RocketMQ broker is registered at the name servers {}, so queue '{queue}' cannot be \
+                     reached; check that the broker runs and can reach the name servers",
+                    self.settings.name_servers
+                ),
+            )
+            .transient(),
+            Err(error) => error,
+        }
     }
 
     /// The message queues of `topic` by queue id; `None` when the topic has no route.
@@ -229,7 +269,7 @@ impl ResourceManager for RocketMqResourceManager {
     async fn delete_queue(&self, queue: &str) -> Result<()> {
         let topic = topic_of(queue)?;
         if self.queues(&topic).await?.is_none() {
-            return Err(OmsError::destination_not_found(queue));
+            return Err(self.missing_route(queue).await);
         }
         let cluster = self.settings.cluster.clone();
         let name = topic.clone();
@@ -285,10 +325,9 @@ impl ResourceManager for RocketMqResourceManager {
 
     async fn describe_queue(&self, queue: &str) -> Result<QueueDescription> {
         let topic = topic_of(queue)?;
-        let queues = self
-            .queues(&topic)
-            .await?
-            .ok_or_else(|| OmsError::destination_not_found(queue))?;
+        let Some(queues) = self.queues(&topic).await? else {
+            return Err(self.missing_route(queue).await);
+        };
         let error = self.error(format!("read the offsets of topic '{topic}'"));
         let ranges = self
             .with_clients(move |mut producer, _| async move {
@@ -318,5 +357,21 @@ impl ResourceManager for RocketMqResourceManager {
                 })
                 .collect(),
         })
+    }
+}
+
+/// `error` when it is not about a missing route; else what the missing route of `queue`
+/// means (see [`RocketMqResourceManager::missing_route`]).
+pub(crate) async fn explain_missing_route(
+    settings: &Arc<Settings>,
+    queue: &str,
+    error: OmsError,
+) -> OmsError {
+    if error.status() != OmsStatus::DESTINATION_NOT_FOUND {
+        return error;
+    }
+    match RocketMqResourceManager::new(settings.clone()) {
+        Ok(resources) => resources.missing_route(queue).await,
+        Err(_) => error,
     }
 }

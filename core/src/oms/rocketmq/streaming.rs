@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use super::access_point::Settings;
 use super::error::oms_error;
 use super::header::{from_rocketmq, topic_of};
+use super::resource::explain_missing_route;
 use super::runtime::driver_runtime;
 use crate::oms::{
     now_millis, LifecycleCell, Message, OmsError, OmsErrorKind, OmsStatus, PartitionReader,
@@ -115,7 +116,7 @@ impl RocketMqStreamingConsumer {
         let pull = self.pull.clone();
         let offsets = self.offsets.clone();
         let name = topic.clone();
-        let mut queues = driver_runtime()?
+        let found = driver_runtime()?
             .run(async move {
                 if let Some(offsets) = &offsets {
                     // Loads the route the group's offset store needs.
@@ -137,7 +138,11 @@ impl RocketMqStreamingConsumer {
                 } else {
                     error
                 }
-            })?;
+            });
+        let mut queues = match found {
+            Ok(queues) => queues,
+            Err(error) => return Err(explain_missing_route(&self.settings, queue, error).await),
+        };
         queues.sort_by_key(|q| (q.queue_id(), q.broker_name().to_string()));
         self.queues.lock().await.insert(topic, queues.clone());
         Ok(queues)
