@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omstream_core::oms::conformance::{Conformance, Outcome};
+use omstream_core::oms::rocketmq::ROCKETMQ_ACK_TIMEOUT_MS;
 use omstream_core::oms::{connect, KeyValue};
 
 async fn suite() -> Conformance {
@@ -22,6 +23,8 @@ async fn suite() -> Conformance {
     let mut suite = Conformance::new(Arc::clone(&ap));
     // Topic names allow no dots; the suite's default prefix has none.
     suite.queue_prefix = "conformance".to_string();
+    // Pull consumers redeliver what is not acknowledged within 2 s.
+    suite.consumer_attrs = KeyValue::new().with(ROCKETMQ_ACK_TIMEOUT_MS, 2000);
     suite.redelivery_wait = Duration::from_secs(5);
     // The broker's default maximum message size (4 MiB).
     suite.max_body = None;
@@ -51,23 +54,9 @@ passes!(
     interceptors,
     lifecycle,
     error_codes,
+    pull_ack_and_redelivery,
+    push_consumer,
 );
-
-/// Pull and push consumers with per-message acknowledgement and redelivery are not built on
-/// RocketMQ yet: the driver says so with the spec's "unsupported" (jobs read through the
-/// streaming consumer, which is complete).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_and_push_consumers_are_reported_unsupported() {
-    for outcome in [
-        suite().await.pull_ack_and_redelivery().await,
-        suite().await.push_consumer().await,
-    ] {
-        match outcome {
-            Outcome::Unsupported(reason) => assert!(reason.contains("pull consumers"), "{reason}"),
-            other => panic!("expected unsupported, got {other:?}"),
-        }
-    }
-}
 
 /// RocketMQ has no namespace objects (a namespace is a topic name's prefix), so the check,
 /// which creates and deletes one, stops at the first step with the spec's "unsupported".
@@ -169,4 +158,86 @@ async fn batch_members_keep_their_own_ids() {
     assert_eq!(received_ids, sent_ids);
     let unique: std::collections::HashSet<_> = received_ids.iter().collect();
     assert_eq!(unique.len(), 20);
+}
+
+/// Two pull consumers of one group split a topic's message queues: together they receive
+/// every message once (all are acknowledged), and each receives some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_s_pull_consumers_share_the_partitions() {
+    use omstream_core::oms::{keyvalue, Message, QueueConfig, ServiceLifecycle};
+    let ap = connect(&support::rocketmq::url(), KeyValue::new())
+        .await
+        .unwrap();
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        omstream_core::oms::now_millis()
+    );
+    let queue = format!("share-{unique}");
+    ap.resource_manager()
+        .await
+        .unwrap()
+        .create_queue(&queue, QueueConfig::with_partitions(4))
+        .await
+        .unwrap();
+    let attrs = KeyValue::new().with(keyvalue::CONSUMER_ID, format!("share-{unique}"));
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let consumer = ap.create_pull_consumer(attrs.clone()).await.unwrap();
+        consumer
+            .bind_queues(std::slice::from_ref(&queue))
+            .await
+            .unwrap();
+        consumer.start().await.unwrap();
+        consumers.push(consumer);
+    }
+    // The broker tells both of the other at once; give their rebalances a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let producer = ap.create_producer(KeyValue::new()).await.unwrap();
+    producer.start().await.unwrap();
+    producer
+        .send_batch(
+            (0..40)
+                .map(|i| Message::new(&queue, i.to_string()).with_key(i.to_string()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let receivers = consumers.iter().map(|consumer| async move {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while tokio::time::Instant::now() < deadline {
+            for message in consumer
+                .batch_receive(16, Duration::from_millis(200))
+                .await
+                .unwrap()
+            {
+                consumer
+                    .ack(message.receipt.as_ref().unwrap())
+                    .await
+                    .unwrap();
+                got.push(String::from_utf8_lossy(&message.data).into_owned());
+            }
+        }
+        got
+    });
+    let received = futures::future::join_all(receivers).await;
+    for consumer in &consumers {
+        consumer.stop().await.unwrap();
+    }
+    assert!(
+        received.iter().all(|got| !got.is_empty()),
+        "one consumer got nothing: {received:?}"
+    );
+    let mut all: Vec<i32> = received
+        .concat()
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..40).collect::<Vec<_>>(),
+        "each message once, over both"
+    );
 }

@@ -2,15 +2,17 @@
 //! of producers, consumers and the resource manager.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::producer::RocketMqProducer;
+use super::pull::RocketMqPullConsumer;
 use super::resource::RocketMqResourceManager;
 use super::streaming::RocketMqStreamingConsumer;
 use super::{
-    DEFAULT_PRODUCER_GROUP, DEFAULT_TRANSACTIONAL_PRODUCER_GROUP, ROCKETMQ_CLUSTER,
-    ROCKETMQ_TIMEOUT_MS,
+    DEFAULT_ACK_TIMEOUT, DEFAULT_PRODUCER_GROUP, DEFAULT_TRANSACTIONAL_PRODUCER_GROUP,
+    ROCKETMQ_ACK_TIMEOUT_MS, ROCKETMQ_CLUSTER, ROCKETMQ_TIMEOUT_MS,
 };
 use crate::oms::{
     keyvalue, AccessPointUri, Driver, KeyValue, LifecycleCell, MessagingAccessPoint, OmsError,
@@ -193,12 +195,27 @@ impl MessagingAccessPoint for RocketMqAccessPoint {
     }
 
     async fn create_pull_consumer(&self, attrs: KeyValue) -> Result<Arc<dyn PullConsumer>> {
-        let _ = self.consumer_group(&attrs)?;
-        Err(OmsError::unsupported(
-            "rocketmq",
-            "pull consumers with per-message acknowledgement yet; use a streaming consumer with a consumer \
-             group (CONSUMER_ID) and commit offsets",
-        ))
+        let group = self.consumer_group(&attrs)?.ok_or_else(|| {
+            OmsError::bad_parameter(
+                "a pull consumer consumes for a consumer group: set CONSUMER_ID",
+            )
+        })?;
+        let ack_timeout = match self.attr(&attrs, ROCKETMQ_ACK_TIMEOUT_MS) {
+            None => DEFAULT_ACK_TIMEOUT,
+            Some(value) => match value.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(OmsError::bad_parameter(format!(
+                        "{ROCKETMQ_ACK_TIMEOUT_MS} is a number of ms above 0, not '{value}'"
+                    )))
+                }
+            },
+        };
+        Ok(Arc::new(RocketMqPullConsumer::new(
+            self.settings.clone(),
+            group,
+            ack_timeout,
+        )?))
     }
 
     async fn create_streaming_consumer(

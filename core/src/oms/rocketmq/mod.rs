@@ -20,7 +20,8 @@
 //! | `delayTime` | delivery after that many ms (`TIMER_DELAY_MS`) |
 //! | `transactionId` | the transaction id of a half message |
 //! | `storeTimestamp`, `storeHost`, `partition`, `offset` | as the broker stored them |
-//! | `deliveryCount` | reconsume times + 1 |
+//! | `deliveryCount` | how often this consumer handed the message out (pull and push consumers); 1 for streaming consumers |
+//! | pull / push consumers | a lite pull consumer subscribed to the topics: the group's consumers split the message queues (rebalanced by the client); per-message acks held by the driver, the group's offset on the broker being the lowest unacknowledged one; redelivery after `ROCKETMQ_ACK_TIMEOUT_MS` (see below) |
 //! | `bornTimestamp`, `bornHost`, `correlationId`, `traceId`, `expireTime`, `priority`, `qos`, `compression` | message properties `OMS_BORN_TIMESTAMP`, `OMS_BORN_HOST`, ... (see [`header`]) so that they come back exactly as sent |
 //! | user properties | message properties of the same name; a name RocketMQ reserves (`KEYS`, `TAGS`, ...) or one starting with `OMS_` is stored as `OMS_P_<name>` |
 //! | transactions | half messages; commit and rollback by end-transaction; the broker's check-back asks the producer group's check listener |
@@ -31,6 +32,19 @@
 //! the broker (`expireTime` is carried and checked by readers) and message priority (carried,
 //! not acted on).
 //!
+//! # Pull and push consumers
+//!
+//! A pull consumer needs a group (`CONSUMER_ID`). The group's live consumers split the bound
+//! topics' message queues between them. Each message handed out stays in flight until
+//! acknowledged; the offset committed to the group for a message queue is its lowest offset
+//! in flight, so a consumer that dies (or loses the queue to another) has its
+//! unacknowledged messages redelivered by the group, and none it acknowledged before them.
+//! A message not acknowledged within `ROCKETMQ_ACK_TIMEOUT_MS` (default 30 s) is handed out
+//! again by the same consumer, with `deliveryCount` one higher. Push consumers are pull
+//! consumers with a listener ([`PushConsumer`](crate::oms::PushConsumer)). Delivery is at
+//! least once. (RocketMQ's own retry topics are not used: a message acknowledged late is
+//! not sent back to the broker.)
+//!
 //! # Runtime
 //!
 //! The client runs on a tokio runtime of its own (one per process, started on first use), so
@@ -40,6 +54,7 @@ mod access_point;
 mod error;
 pub mod header;
 mod producer;
+mod pull;
 mod resource;
 mod runtime;
 mod streaming;
@@ -57,6 +72,13 @@ pub const DEFAULT_TRANSACTIONAL_PRODUCER_GROUP: &str = "omstream_tx_producer";
 
 /// Attribute: how long a send, a fetch or an admin call may take, in ms (default 5000).
 pub const ROCKETMQ_TIMEOUT_MS: &str = "ROCKETMQ_TIMEOUT_MS";
+
+/// Attribute of pull and push consumers: how long a received message may stay unacknowledged
+/// before it is delivered again, in ms (default 30000).
+pub const ROCKETMQ_ACK_TIMEOUT_MS: &str = "ROCKETMQ_ACK_TIMEOUT_MS";
+
+/// The ack timeout of pull and push consumers without [`ROCKETMQ_ACK_TIMEOUT_MS`].
+pub const DEFAULT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Attribute: the broker cluster topics are created in and deleted from (default
 /// `DefaultCluster`).
