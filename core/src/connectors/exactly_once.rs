@@ -27,6 +27,12 @@
 //! - any other epoch (above `E`, or abandoned by a crashed run even if below `E`): not covered
 //!   by the restored state, so its records will be written again: **rolled back**.
 //!
+//! That is on drivers whose check listeners are asked when a transactional producer starts
+//! ([`TransactionChecks::OnProducerStart`], the embedded driver). Where the broker asks live
+//! producers while the job runs ([`TransactionChecks::WhileRunning`], RocketMQ), the writing
+//! producers decide instead, by the same rule for earlier runs' epochs, in a producer group of
+//! their job and sink alone (see `exactly_once/live.rs`); the broker then keeps asking until they have.
+//!
 //! Transactions
 //! of other jobs and sinks are left alone: the check listener answers
 //! [`Unknown`](crate::oms::TransactionState::Unknown), which keeps them open and invisible.
@@ -48,14 +54,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+mod live;
+
 use super::error::{ConnectorError, QueueRole};
 use super::retry::Retrier;
 use super::sink::OmsSinkConfig;
 use crate::oms::{
-    KeyValue, Message, Producer, ServiceLifecycle, TransactionState, TransactionStateCheckListener,
-    TransactionalResult,
+    keyvalue, KeyValue, Message, Producer, ServiceLifecycle, TransactionChecks, TransactionState,
+    TransactionStateCheckListener, TransactionalResult,
 };
 use crate::runtime::{Batch, BoxError, CheckpointBarrier, Data, Sink, SubtaskInfo};
+use live::LiveRule;
 
 /// The property naming the job that prepared a message.
 pub const TXN_JOB: &str = "omstream.txn.job";
@@ -209,6 +218,11 @@ pub(crate) struct ExactlyOnceSink<T> {
     /// Transactions of epochs whose barrier passed, until their checkpoint completes.
     prepared: BTreeMap<u64, Vec<TransactionalResult>>,
     retrier: Retrier,
+    /// The writing producer's listener, on drivers that check back while the job runs.
+    live: Option<Arc<LiveRule>>,
+    /// Whether this run was restored from a checkpoint (earlier runs may have left
+    /// transactions open).
+    restored: bool,
 }
 
 impl<T> ExactlyOnceSink<T> {
@@ -231,6 +245,8 @@ impl<T> ExactlyOnceSink<T> {
             pending_bytes: 0,
             open: Vec::new(),
             prepared: BTreeMap::new(),
+            live: None,
+            restored: false,
         }
     }
 
@@ -391,11 +407,29 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
             })
             .await
             .map_err(self.oms_error("look up"))?;
-        if subtask.index == 0 {
-            self.resolve_leftovers(subtask).await?;
-        }
+        let (attrs, listener): (KeyValue, Arc<dyn TransactionStateCheckListener>) =
+            match ap.transaction_checks() {
+                TransactionChecks::WhileRunning => {
+                    // The broker resolves leftovers by asking the writers: they decide as the
+                    // resolver would, in a producer group of this job and sink alone.
+                    let live = Arc::new(LiveRule::new(
+                        self.job.clone(),
+                        self.sink.clone(),
+                        subtask.clone(),
+                    ));
+                    self.live = Some(live.clone());
+                    let group = live::producer_group(&self.job, &self.sink);
+                    (KeyValue::new().with(keyvalue::PRODUCER_ID, group), live)
+                }
+                _ => {
+                    if subtask.index == 0 {
+                        self.resolve_leftovers(subtask).await?;
+                    }
+                    (KeyValue::new(), Arc::new(Undecided))
+                }
+            };
         let producer = ap
-            .create_transactional_producer(KeyValue::new(), Arc::new(Undecided))
+            .create_transactional_producer(attrs, listener)
             .await
             .map_err(self.oms_error("create a producer for"))?;
         self.retrier
@@ -405,6 +439,7 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
         self.producer = Some(producer);
         self.current_epoch = subtask.first_epoch;
         self.epoch = self.current_epoch.to_string();
+        self.restored = subtask.restored_epoch.is_some();
         Ok(())
     }
 
@@ -444,6 +479,9 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
     /// Commit: every transaction of epochs up to `epoch` becomes visible.
     async fn on_checkpoint_complete(&mut self, epoch: u64) -> Result<(), BoxError> {
         let committed = self.commit_through(epoch).await?;
+        if let Some(live) = &self.live {
+            live.completed(epoch);
+        }
         tracing::debug!(sink = %self.task, epoch, records = committed, "committed");
         Ok(())
     }
@@ -467,6 +505,17 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
                 "the input ended with records no completed checkpoint covers; the job succeeded, \
                  so they were committed (a restore from an earlier checkpoint would write them again)"
             );
+        }
+        if self.live.is_some() && self.restored {
+            // An earlier run may have left transactions open that only a live writer can
+            // decide, when the broker asks (see `live`).
+            let wait = self.config.leftover_wait_time();
+            tracing::info!(
+                sink = %self.task,
+                wait = ?wait,
+                "keeping the writers up for the broker's check-backs of transactions an earlier run left open"
+            );
+            tokio::time::sleep(wait).await;
         }
         if let Some(producer) = self.producer.take() {
             producer

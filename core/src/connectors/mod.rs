@@ -64,7 +64,7 @@ pub use exactly_once::{DeliveryGuarantee, ExactlyOnceError};
 pub use format::{Decoder, Encoder};
 pub use metrics::SourceMetrics;
 pub use retry::{RetryPolicy, STILL_FAILING_EVERY};
-pub use sink::OmsSinkConfig;
+pub use sink::{OmsSinkConfig, DEFAULT_LEFTOVER_WAIT};
 pub use source_config::{CommitPolicy, FallbackPosition, OmsSourceConfig, StartPosition};
 
 #[cfg(test)]

@@ -56,7 +56,12 @@ pub struct OmsSinkConfig<T> {
     guarantee: DeliveryGuarantee,
     transaction_size: usize,
     retry: RetryPolicy,
+    leftover_wait: std::time::Duration,
 }
+
+/// The default of [`OmsSinkConfig::leftover_wait`]: RocketMQ's default `transactionTimeout`
+/// (6 s) and `transactionCheckInterval` (60 s), and some.
+pub const DEFAULT_LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(70);
 
 /// The default of [`OmsSinkConfig::transaction_size`].
 pub(crate) const DEFAULT_TRANSACTION_SIZE: usize = 10_000;
@@ -74,6 +79,7 @@ impl<T> Clone for OmsSinkConfig<T> {
             guarantee: self.guarantee,
             transaction_size: self.transaction_size,
             retry: self.retry,
+            leftover_wait: self.leftover_wait,
         }
     }
 }
@@ -90,6 +96,7 @@ impl<T> fmt::Debug for OmsSinkConfig<T> {
             .field("guarantee", &self.guarantee)
             .field("transaction_size", &self.transaction_size)
             .field("retry", &self.retry)
+            .field("leftover_wait", &self.leftover_wait)
             .finish()
     }
 }
@@ -119,6 +126,7 @@ impl<T> OmsSinkConfig<T> {
             guarantee: DeliveryGuarantee::default(),
             transaction_size: DEFAULT_TRANSACTION_SIZE,
             retry: RetryPolicy::default(),
+            leftover_wait: DEFAULT_LEFTOVER_WAIT,
         }
     }
 
@@ -202,6 +210,22 @@ impl<T> OmsSinkConfig<T> {
     pub fn transaction_size(mut self, records: usize) -> Self {
         self.transaction_size = records;
         self
+    }
+
+    /// Exactly-once sinks on drivers whose broker checks back open transactions while the job
+    /// runs (RocketMQ): how long a run restored from a checkpoint keeps its writing producers
+    /// up after its input ended, so that the broker can still ask them about transactions an
+    /// earlier, crashed run left open (default [`DEFAULT_LEFTOVER_WAIT`]; the broker's
+    /// `transactionTimeout` plus `transactionCheckInterval` is enough). An unbounded job's
+    /// writers live long enough anyway.
+    pub fn leftover_wait(mut self, wait: std::time::Duration) -> Self {
+        self.leftover_wait = wait;
+        self
+    }
+
+    /// See [`leftover_wait`](Self::leftover_wait).
+    pub(crate) fn leftover_wait_time(&self) -> std::time::Duration {
+        self.leftover_wait
     }
 
     pub(crate) fn transaction_records(&self) -> usize {

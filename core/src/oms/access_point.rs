@@ -10,7 +10,7 @@ use super::consumer::{PullConsumer, PushConsumer};
 use super::error::{OmsError, OmsErrorKind, OmsStatus, Result};
 use super::keyvalue::{self, KeyValue};
 use super::lifecycle::ServiceLifecycle;
-use super::producer::{Producer, TransactionStateCheckListener};
+use super::producer::{Producer, TransactionChecks, TransactionStateCheckListener};
 use super::resource::ResourceManager;
 use super::streaming::StreamingConsumer;
 use super::uri::AccessPointUri;
@@ -35,6 +35,11 @@ pub trait MessagingAccessPoint: ServiceLifecycle + fmt::Debug {
         attrs: KeyValue,
         listener: Arc<dyn TransactionStateCheckListener>,
     ) -> Result<Producer>;
+    /// When the driver asks check listeners about open transactions (default:
+    /// [`TransactionChecks::OnProducerStart`]).
+    fn transaction_checks(&self) -> TransactionChecks {
+        TransactionChecks::OnProducerStart
+    }
     /// A pull consumer; its group is the `CONSUMER_ID` attribute.
     async fn create_pull_consumer(&self, attrs: KeyValue) -> Result<Arc<dyn PullConsumer>>;
     /// A push consumer; its group is the `CONSUMER_ID` attribute.

@@ -54,7 +54,7 @@ pub use message::{ExtensionHeader, Header, Message, MessageReceipt, Qos, MESSAGE
 pub use producer::{
     body_too_large, local_host_id, now_millis, InterceptorContext, InterceptorId,
     PreparedTransaction, Producer, ProducerBackend, ProducerInterceptor, SendResult,
-    TransactionState, TransactionStateCheckListener, TransactionalResult,
+    TransactionChecks, TransactionState, TransactionStateCheckListener, TransactionalResult,
 };
 pub use resource::{
     PartitionDescription, QueueConfig, QueueDescription, ResourceManager, RetentionPolicy,

@@ -38,6 +38,23 @@ pub enum TransactionState {
     Unknown,
 }
 
+/// When a driver asks a [`TransactionStateCheckListener`] about transactions left open.
+///
+/// An exactly-once sink picks its listeners by it: a driver that asks at start lets one
+/// resolver decide at open, while one that asks live producers while they run needs every
+/// writing producer to decide as the resolver would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransactionChecks {
+    /// Starting a transactional producer asks its listener about every open transaction no
+    /// live producer holds (the embedded driver).
+    OnProducerStart,
+    /// The broker asks a live producer of the transaction's producer group, again and again
+    /// while the transaction stays open, until it is decided or the broker gives up
+    /// (RocketMQ's check-back: after `transactionTimeout`, at most `transactionCheckMax` times).
+    WhileRunning,
+}
+
 /// Decides the fate of a prepared message whose producer went away before commit or rollback.
 pub trait TransactionStateCheckListener: Send + Sync {
     /// Called with the prepared message (its `transactionId` set).

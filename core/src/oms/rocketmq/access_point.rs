@@ -17,7 +17,7 @@ use super::{
 use crate::oms::{
     keyvalue, AccessPointUri, Driver, KeyValue, LifecycleCell, MessagingAccessPoint, OmsError,
     Producer, PullConsumer, ResourceManager, Result, ServiceLifeState, ServiceLifecycle,
-    StreamingConsumer, TransactionStateCheckListener,
+    StreamingConsumer, TransactionChecks, TransactionStateCheckListener,
 };
 
 /// The name server port when the URL gives none.
@@ -192,6 +192,11 @@ impl MessagingAccessPoint for RocketMqAccessPoint {
             &group,
             Some(listener),
         )?)))
+    }
+
+    /// The broker checks back half messages nobody ended with a live producer of their group.
+    fn transaction_checks(&self) -> TransactionChecks {
+        TransactionChecks::WhileRunning
     }
 
     async fn create_pull_consumer(&self, attrs: KeyValue) -> Result<Arc<dyn PullConsumer>> {

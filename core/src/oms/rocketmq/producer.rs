@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,8 +22,8 @@ use super::header::{assign_id, from_rocketmq, to_rocketmq, topic_of};
 use super::resource::explain_missing_route;
 use super::runtime::driver_runtime;
 use crate::oms::{
-    Message, OmsError, OmsErrorKind, OmsStatus, PreparedTransaction, ProducerBackend, Result,
-    SendResult, TransactionState, TransactionStateCheckListener,
+    now_millis, Message, OmsError, OmsErrorKind, OmsStatus, PreparedTransaction, ProducerBackend,
+    Result, SendResult, TransactionState, TransactionStateCheckListener,
 };
 
 /// A producer on one producer group.
@@ -38,7 +38,14 @@ pub(crate) struct RocketMqProducer {
     queues: Mutex<HashMap<String, Arc<Vec<MessageQueue>>>>,
     /// Round robin over the queues for messages with neither key nor partition.
     next: AtomicUsize,
+    /// When this producer last ended a transaction (ms since the epoch; 0: never).
+    last_end: Arc<AtomicI64>,
 }
+
+/// How long a stop waits after the last end-transaction. RocketMQ ends transactions with a
+/// one-way request, which a client shut down at once may never deliver: the commit is lost
+/// and the transaction left to the broker's check-back.
+const END_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl std::fmt::Debug for RocketMqProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +105,7 @@ impl RocketMqProducer {
             client: std::sync::RwLock::new(None),
             queues: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+            last_end: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -361,6 +369,7 @@ impl ProducerBackend for RocketMqProducer {
                 )
             })?;
         Ok(Box::new(HalfMessage {
+            last_end: self.last_end.clone(),
             producer: self.client()?,
             id,
             message: kept,
@@ -382,6 +391,11 @@ impl ProducerBackend for RocketMqProducer {
     }
 
     async fn stop(&self) -> Result<()> {
+        let since_end = now_millis() - self.last_end.load(Ordering::Acquire);
+        if since_end >= 0 && (since_end as u128) < END_FLUSH.as_millis() {
+            tokio::time::sleep(END_FLUSH - std::time::Duration::from_millis(since_end as u64))
+                .await;
+        }
         let client = self
             .client
             .write()
@@ -399,6 +413,8 @@ impl ProducerBackend for RocketMqProducer {
 /// A prepared (half) message: invisible until end-transaction commits it.
 struct HalfMessage {
     producer: DefaultMQProducer,
+    /// The producer's time of its last end-transaction, set when this one is sent.
+    last_end: Arc<AtomicI64>,
     /// The id the message has once committed.
     id: String,
     message: RmqMessage,
@@ -420,6 +436,7 @@ impl HalfMessage {
     async fn end(self: Box<Self>, state: LocalTransactionState) -> Result<RmqSendResult> {
         let this = *self;
         let servers = this.name_servers.clone();
+        let last_end = this.last_end.clone();
         let sent = this.sent.clone();
         driver_runtime()?
             .run_local(move || async move {
@@ -434,6 +451,7 @@ impl HalfMessage {
             })
             .await?
             .map_err(|e| oms_error("end a transaction", &servers, e))?;
+        last_end.store(now_millis(), Ordering::Release);
         Ok(sent)
     }
 }
