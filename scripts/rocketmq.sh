@@ -6,7 +6,8 @@
 #                                 time on 2 cores; the build directory is kept, so later installs
 #                                 are quick)
 #   scripts/rocketmq.sh start     install if missing, then start both with a data directory of
-#                                 their own; waits until the broker has registered
+#                                 their own, its store emptied; waits until the broker has
+#                                 registered
 #   scripts/rocketmq.sh stop      stops exactly the processes `start` started (pid files)
 #   scripts/rocketmq.sh status
 #   scripts/rocketmq.sh kill-broker   SIGKILLs the broker only (fault tests: a crashed broker)
@@ -48,11 +49,11 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {
     local port=$1 what=$2
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 600); do
         if port_open "$port"; then return 0; fi
         sleep 0.1
     done
-    say "$what did not open 127.0.0.1:$port within 10 s; see $RUN/$what.log"
+    say "$what did not open 127.0.0.1:$port within 60 s; see $RUN/$what.log"
     exit 1
 }
 
@@ -70,6 +71,10 @@ start() {
             exit 1
         fi
     done
+    # A fresh store each start: tests and benchmarks need no data from an earlier start, and a
+    # store grown over many runs makes the broker's start slow (it replays its commit log).
+    # `start-broker` restarts on the data this start began.
+    rm -rf "$RUN/store"
     mkdir -p "$RUN/home/conf" "$RUN/store"
     # The broker log is appended to by restarts; a fresh start begins a fresh one.
     : > "$RUN/broker.log"
