@@ -160,6 +160,123 @@ async fn batch_members_keep_their_own_ids() {
     assert_eq!(unique.len(), 20);
 }
 
+/// An unkeyed batch goes to one partition, the next batch to the next one (one request per
+/// batch, as the bare client sends it); a batch over what one request carries (6.4 MB here)
+/// is split into requests that keep its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_go_to_one_partition_each_and_big_ones_are_split_in_order() {
+    use omstream_core::oms::{Message, QueueConfig, SeekPosition, ServiceLifecycle};
+    let ap = connect(&support::rocketmq::url(), KeyValue::new())
+        .await
+        .unwrap();
+    let queue = format!(
+        "split-{}-{}",
+        std::process::id(),
+        omstream_core::oms::now_millis()
+    );
+    ap.resource_manager()
+        .await
+        .unwrap()
+        .create_queue(&queue, QueueConfig::with_partitions(4))
+        .await
+        .unwrap();
+    let producer = ap.create_producer(KeyValue::new()).await.unwrap();
+    producer.start().await.unwrap();
+    let mut partitions = Vec::new();
+    for _ in 0..4 {
+        let sent = producer
+            .send_batch(
+                (0..10)
+                    .map(|i| Message::new(&queue, i.to_string()))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let first = sent[0].partition;
+        assert!(sent.iter().all(|r| r.partition == first), "{sent:?}");
+        partitions.push(first);
+    }
+    partitions.sort();
+    assert_eq!(partitions, vec![0, 1, 2, 3]);
+
+    let big: Vec<Message> = (0..100u32)
+        .map(|i| {
+            let mut body = vec![b'x'; 64 * 1024];
+            body[..4].copy_from_slice(&i.to_be_bytes());
+            Message::new(&queue, body).with_partition(2)
+        })
+        .collect();
+    let sent = producer.send_batch(big).await.unwrap();
+    let offsets: Vec<i64> = sent.iter().map(|r| r.offset).collect();
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+    consumer.start().await.unwrap();
+    let mut reader = consumer
+        .open(&queue, 2, SeekPosition::Offset(offsets[0]))
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    while order.len() < 100 {
+        for m in reader.next_batch(100).await.unwrap() {
+            order.push(u32::from_be_bytes(m.data[..4].try_into().unwrap()));
+        }
+    }
+    assert_eq!(order, (0..100).collect::<Vec<_>>());
+}
+
+/// The born headers are the ones RocketMQ records at send (time and the client's address);
+/// a bornHost the sender set itself comes back as set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn born_headers_are_rocketmq_s_unless_the_sender_set_the_host() {
+    use omstream_core::oms::{Message, QueueConfig, SeekPosition, ServiceLifecycle};
+    let ap = connect(&support::rocketmq::url(), KeyValue::new())
+        .await
+        .unwrap();
+    let queue = format!(
+        "born-{}-{}",
+        std::process::id(),
+        omstream_core::oms::now_millis()
+    );
+    ap.resource_manager()
+        .await
+        .unwrap()
+        .create_queue(&queue, QueueConfig::with_partitions(1))
+        .await
+        .unwrap();
+    let producer = ap.create_producer(KeyValue::new()).await.unwrap();
+    producer.start().await.unwrap();
+    let before = omstream_core::oms::now_millis();
+    let mut own = Message::new(&queue, "own host");
+    own.header.born_host = Some("edge-7:42".into());
+    producer
+        .send_batch(vec![Message::new(&queue, "plain"), own])
+        .await
+        .unwrap();
+    let after = omstream_core::oms::now_millis();
+    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+    consumer.start().await.unwrap();
+    let mut reader = consumer
+        .open(&queue, 0, SeekPosition::Beginning)
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        received.extend(reader.next_batch(2).await.unwrap());
+    }
+    for message in &received {
+        let born = message.header.born_timestamp.unwrap();
+        assert!(
+            (before..=after).contains(&born),
+            "{before} <= {born} <= {after}"
+        );
+    }
+    let plain = received[0].header.born_host.as_deref().unwrap();
+    let address: std::net::SocketAddr = plain.parse().unwrap();
+    assert!(address.ip().is_loopback(), "{plain}");
+    assert_eq!(received[1].header.born_host.as_deref(), Some("edge-7:42"));
+    assert!(!received[0].properties.contains_key("OMS_BORN_HOST"));
+}
+
 /// Two pull consumers of one group split a topic's message queues: together they receive
 /// every message once (all are acknowledged), and each receives some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

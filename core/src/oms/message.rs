@@ -146,7 +146,7 @@ mod opt_millis {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MessageReceipt {
     /// The queue.
-    pub queue: String,
+    pub queue: Arc<str>,
     /// The partition.
     pub partition: i32,
     /// The offset in the partition.
@@ -237,6 +237,22 @@ impl Message {
             version: default_version(),
             header: Header {
                 destination: Arc::from(destination.as_ref()),
+                ..Header::default()
+            },
+            extension_header: ExtensionHeader::default(),
+            properties: KeyValue::new(),
+            data: data.into(),
+            receipt: None,
+        }
+    }
+
+    /// A message for a queue whose name the caller already holds shared (as readers do, for
+    /// every message of a partition), with the body `data`.
+    pub fn for_shared_queue(destination: Arc<str>, data: impl Into<Bytes>) -> Self {
+        Self {
+            version: default_version(),
+            header: Header {
+                destination,
                 ..Header::default()
             },
             extension_header: ExtensionHeader::default(),

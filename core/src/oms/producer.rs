@@ -250,6 +250,13 @@ pub trait ProducerBackend: Send + Sync {
         }
         Ok(Box::new(CompositeTransaction { parts }))
     }
+    /// Whether the driver's messages carry the sending host without help (RocketMQ's record the
+    /// client's address). The producer then fills `bornHost` only if the message has one of its
+    /// own to carry, and readers get the driver's; otherwise it fills in this host and process.
+    fn records_born_host(&self) -> bool {
+        false
+    }
+
     /// Called on `start`.
     async fn start(&self) -> Result<()> {
         Ok(())
@@ -269,7 +276,8 @@ pub struct Producer {
     interceptors: RwLock<Vec<(InterceptorId, Arc<dyn ProducerInterceptor>)>>,
     next_interceptor: AtomicU64,
     state: LifecycleCell,
-    born_host: String,
+    /// What fills an empty `bornHost`; `None` when the driver records the host itself.
+    born_host: Option<String>,
 }
 
 impl fmt::Debug for Producer {
@@ -299,12 +307,13 @@ pub fn now_millis() -> i64 {
 impl Producer {
     /// Wraps a driver's backend; the producer starts in `Initialized`.
     pub fn new(backend: Arc<dyn ProducerBackend>) -> Self {
+        let born_host = (!backend.records_born_host()).then(local_host_id);
         Self {
             backend,
             interceptors: RwLock::new(Vec::new()),
             next_interceptor: AtomicU64::new(0),
             state: LifecycleCell::new(ServiceLifeState::Initialized),
-            born_host: local_host_id(),
+            born_host,
         }
     }
 
@@ -342,7 +351,7 @@ impl Producer {
         message.header.message_id = None;
         message.header.born_timestamp = Some(now);
         if message.header.born_host.is_none() {
-            message.header.born_host = Some(self.born_host.clone());
+            message.header.born_host.clone_from(&self.born_host);
         }
         let ext = &mut message.extension_header;
         ext.offset = None;

@@ -38,7 +38,7 @@ struct InFlight {
 
 #[derive(Debug)]
 struct Claim {
-    queue: String,
+    queue: Arc<str>,
     log: Arc<PartitionLog>,
     offsets: GroupOffsets,
     /// Holds the ownership lock.
@@ -109,7 +109,7 @@ impl EmbeddedPullConsumer {
                 if st
                     .claims
                     .iter()
-                    .any(|c| c.queue == queue.name && c.log.partition == log.partition)
+                    .any(|c| *c.queue == *queue.name && c.log.partition == log.partition)
                 {
                     continue;
                 }
@@ -127,7 +127,7 @@ impl EmbeddedPullConsumer {
                 let reader = log.reader(position)?;
                 tracing::debug!(group = %self.group, queue = %queue.name, partition = log.partition, at = reader.position(), "claimed partition");
                 st.claims.push(Claim {
-                    queue: queue.name.clone(),
+                    queue: queue.name.as_str().into(),
                     log: Arc::clone(log),
                     offsets,
                     _owner: owner,
@@ -268,7 +268,7 @@ impl PullConsumer for EmbeddedPullConsumer {
         let mut st = self.lock();
         st.bound.retain(|q| !names.contains(q));
         let bound = st.bound.clone();
-        self.release(&mut st, |c| bound.contains(&c.queue))
+        self.release(&mut st, |c| bound.iter().any(|b| **b == *c.queue))
     }
 
     fn bound_queues(&self) -> Vec<String> {
@@ -303,7 +303,7 @@ impl PullConsumer for EmbeddedPullConsumer {
         let claim = st
             .claims
             .iter_mut()
-            .find(|c| c.queue == receipt.queue && c.log.partition == receipt.partition)
+            .find(|c| *c.queue == *receipt.queue && c.log.partition == receipt.partition)
             .ok_or_else(|| {
                 OmsError::new(
                     crate::oms::OmsErrorKind::Runtime,

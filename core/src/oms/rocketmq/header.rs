@@ -1,19 +1,29 @@
 //! OMS messages to RocketMQ messages and back: queue names to topics, the spec's headers and
 //! the user's properties to message properties, so that a message comes back as it was sent.
+//!
+//! The born headers are RocketMQ's own: the client stamps every message with the time it sends
+//! it and the address it sends from, and the broker stores both, so a reader gets
+//! `bornTimestamp` and `bornHost` from there (`bornTimestamp` a few ms after the producer's
+//! stamp; `bornHost` as `ip:port`). Only a `bornHost` the sender set itself travels as a
+//! property. This keeps each message 100 bytes smaller than carrying them as properties, and
+//! other RocketMQ clients see the same values.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cheetah_string::CheetahString;
 use rocketmq_model::common::message::message_client_id_setter::MessageClientIDSetter;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message as RmqMessage;
-use rocketmq_model::common::message::{MessageTrait, STRING_HASH_SET};
+use rocketmq_model::common::message::STRING_HASH_SET;
 
 use crate::oms::{KeyValue, Message, MessageReceipt, OmsError, OmsStatus, Qos, Result};
 
-/// Property: the producer's `bornTimestamp` (RocketMQ's own is the client's send time).
+/// Property: `bornTimestamp`, in messages stored by omstream 0.1's first driver (now the born
+/// timestamp RocketMQ records is used; read only).
 pub const BORN_TIMESTAMP: &str = "OMS_BORN_TIMESTAMP";
-/// Property: the producer's `bornHost`.
+/// Property: a `bornHost` set by the sender (without one, RocketMQ's born host is used).
 pub const BORN_HOST: &str = "OMS_BORN_HOST";
 /// Property: `qos` (0, 1 or 2).
 pub const QOS: &str = "OMS_QOS";
@@ -31,7 +41,8 @@ pub const PRIORITY: &str = "OMS_PRIORITY";
 pub const DELAY_TIME: &str = "OMS_DELAY_TIME";
 /// Prefix of a user property whose name RocketMQ reserves or that starts with `OMS_`.
 pub const ESCAPED_PROPERTY: &str = "OMS_P_";
-/// Property: the message id the driver gave the message at send.
+/// Property: the message id the driver gave the message at send. (`UNIQ_KEY` holds it too, but
+/// the broker stores every member of a batch with the batch's `UNIQ_KEY`.)
 pub const MESSAGE_ID: &str = "OMS_MESSAGE_ID";
 /// The property RocketMQ keeps the producer's unique message id in.
 const UNIQ_KEY: &str = "UNIQ_KEY";
@@ -39,6 +50,9 @@ const UNIQ_KEY: &str = "UNIQ_KEY";
 const TRANSACTION_ID: &str = "__transactionId__";
 /// Properties the consumer side of the client adds on its own.
 const CLIENT_ADDED: &[&str] = &["MIN_OFFSET", "MAX_OFFSET"];
+/// Properties the client or the broker sets on every message, none of them a header: skipped on
+/// read without the lookup in RocketMQ's reserved set.
+const ALWAYS_SET: &[&str] = &["WAIT", "CLUSTER", "MSG_REGION", "TRACE_ON"];
 
 /// RocketMQ's delay levels (broker default `messageDelayLevel`), level `i + 1` at index `i`.
 const DELAY_LEVELS: [Duration; 18] = [
@@ -114,8 +128,11 @@ fn check_value(name: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// The RocketMQ message for `message`, sent to `topic`.
-pub fn to_rocketmq(message: &Message, topic: &str) -> Result<RmqMessage> {
+/// The RocketMQ message for `message`, sent to `topic`, with a new unique id (returned with
+/// it). RocketMQ's id (`UNIQ_KEY`) would be set by the client at send, but a batch's members
+/// come back with the batch's, so the driver sets the id itself, in `UNIQ_KEY` (which saves
+/// the client making one) and in [`MESSAGE_ID`], which readers prefer.
+pub fn to_rocketmq(message: &Message, topic: &CheetahString) -> Result<(RmqMessage, String)> {
     if message.data.is_empty() {
         return Err(OmsError::message_format(
             OmsStatus::MESSAGE_BODY_REQUIRED,
@@ -124,48 +141,8 @@ pub fn to_rocketmq(message: &Message, topic: &str) -> Result<RmqMessage> {
     }
     let header = &message.header;
     let ext = &message.extension_header;
-    let mut properties: Vec<(String, String)> = Vec::new();
-    let mut put = |name: &str, value: String| properties.push((name.to_string(), value));
-    if let Some(t) = header.born_timestamp {
-        put(BORN_TIMESTAMP, t.to_string());
-    }
-    if let Some(h) = &header.born_host {
-        put(BORN_HOST, h.clone());
-    }
-    if let Some(q) = header.qos {
-        put(QOS, (q as u8).to_string());
-    }
-    if let Some(c) = &header.compression {
-        put(COMPRESSION, c.clone());
-    }
-    if let Some(c) = &ext.correlation_id {
-        put(CORRELATION_ID, c.clone());
-    }
-    if let Some(t) = &ext.trace_id {
-        put(TRACE_ID, t.clone());
-    }
-    if let Some(t) = ext.expire_time {
-        put(EXPIRE_TIME, t.to_string());
-    }
-    if let Some(p) = ext.priority {
-        put(PRIORITY, p.to_string());
-    }
-    if let Some(d) = ext.delay_time {
-        put(DELAY_TIME, d.as_millis().to_string());
-    }
-    for (name, value) in message.properties.iter() {
-        let reserved = STRING_HASH_SET.contains(name)
-            || name.starts_with("OMS_")
-            || name == TRANSACTION_ID
-            || CLIENT_ADDED.contains(&name);
-        if reserved {
-            put(&format!("{ESCAPED_PROPERTY}{name}"), value.to_string());
-        } else {
-            put(name, value.to_string());
-        }
-    }
     let mut builder = RmqMessage::builder()
-        .topic(topic)
+        .topic(topic.clone())
         .body(message.data.clone());
     if let Some(key) = &ext.message_key {
         check_value("messageKey", key)?;
@@ -174,39 +151,106 @@ pub fn to_rocketmq(message: &Message, topic: &str) -> Result<RmqMessage> {
     if let Some(level) = ext.delay_time.map(delay_level).transpose()?.flatten() {
         builder = builder.delay_level(level);
     }
-    for (name, value) in properties {
-        check_value(&name, &value)?;
-        builder = builder
-            .raw_property(name.as_str(), value.as_str())
-            .map_err(|e| {
-                OmsError::message_format(
-                    OmsStatus::BAD_REQUEST,
-                    format!("property '{name}' cannot be set on a RocketMQ message: {e}"),
-                )
-            })?;
-    }
-    builder.build().map_err(|e| {
+    let mut rmq = builder.build().map_err(|e| {
         OmsError::message_format(
             OmsStatus::BAD_REQUEST,
             format!("cannot build a RocketMQ message for topic '{topic}': {e}"),
         )
-    })
-}
-
-/// Gives `message` a new unique id and returns it. RocketMQ's own (`UNIQ_KEY`) is set by the
-/// client at send, and a batch's members all come back with the batch's, so the driver sets
-/// the id itself, in `UNIQ_KEY` and in [`MESSAGE_ID`], which receipt prefers.
-pub fn assign_id(message: &mut RmqMessage) -> String {
+    })?;
+    // Straight into the property map: the names are ours (headers) or escaped (user
+    // properties), so none is one RocketMQ reserves, and the builder's check per property
+    // would cost more than the rest of the mapping.
+    let properties = rmq.properties_mut().as_map_mut();
+    let mut put = |name: CheetahString, value: CheetahString| -> Result<()> {
+        check_value(name.as_str(), value.as_str())?;
+        properties.insert(name, value);
+        Ok(())
+    };
+    let ours = CheetahString::from_static_str;
+    if let Some(h) = &header.born_host {
+        put(ours(BORN_HOST), h.as_str().into())?;
+    }
+    if let Some(q) = header.qos {
+        put(ours(QOS), (q as u8).to_string().into())?;
+    }
+    if let Some(c) = &header.compression {
+        put(ours(COMPRESSION), c.as_str().into())?;
+    }
+    if let Some(c) = &ext.correlation_id {
+        put(ours(CORRELATION_ID), c.as_str().into())?;
+    }
+    if let Some(t) = &ext.trace_id {
+        put(ours(TRACE_ID), t.as_str().into())?;
+    }
+    if let Some(t) = ext.expire_time {
+        put(ours(EXPIRE_TIME), t.to_string().into())?;
+    }
+    if let Some(p) = ext.priority {
+        put(ours(PRIORITY), p.to_string().into())?;
+    }
+    if let Some(d) = ext.delay_time {
+        put(ours(DELAY_TIME), d.as_millis().to_string().into())?;
+    }
+    for (name, value) in message.properties.iter() {
+        let reserved = STRING_HASH_SET.contains(name)
+            || name.starts_with("OMS_")
+            || name == TRANSACTION_ID
+            || CLIENT_ADDED.contains(&name);
+        let name = if reserved {
+            format!("{ESCAPED_PROPERTY}{name}").into()
+        } else {
+            name.into()
+        };
+        put(name, value.into())?;
+    }
     let id = MessageClientIDSetter::create_uniq_id();
-    message.put_property(UNIQ_KEY.into(), id.as_str().into());
-    message.put_property(MESSAGE_ID.into(), id.as_str().into());
-    id
+    let shared = CheetahString::from(id.as_str());
+    properties.insert(ours(UNIQ_KEY), shared.clone());
+    properties.insert(ours(MESSAGE_ID), shared);
+    Ok((rmq, id))
 }
 
-/// The OMS message for a RocketMQ message read from `queue` (the queue's name, shared).
+/// The OMS message for a RocketMQ message read from `queue` (the queue's name, shared), stored
+/// by `store_host`.
 pub fn from_rocketmq(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) -> Message {
-    let mut message = Message::new(queue.as_ref(), ext.message.body().unwrap_or_default());
-    message.header.destination = queue.clone();
+    Decoder::default().message(ext, queue, store_host)
+}
+
+/// Turns the RocketMQ messages of a read into OMS messages, remembering what repeats from one
+/// message to the next (the producer's address, written out once).
+#[derive(Debug, Default)]
+pub struct Decoder {
+    born_host: Option<(SocketAddr, String)>,
+}
+
+impl Decoder {
+    /// The OMS message for a RocketMQ message read from `queue` (the queue's name, shared),
+    /// stored by `store_host`.
+    pub fn message(
+        &mut self,
+        ext: &MessageExt,
+        queue: &Arc<str>,
+        store_host: &Arc<str>,
+    ) -> Message {
+        let mut message = decode(ext, queue, store_host);
+        if message.header.born_host.is_none() {
+            let host = match &self.born_host {
+                Some((address, host)) if *address == ext.born_host => host.clone(),
+                _ => {
+                    let host = ext.born_host.to_string();
+                    self.born_host = Some((ext.born_host, host.clone()));
+                    host
+                }
+            };
+            message.header.born_host = Some(host);
+        }
+        message
+    }
+}
+
+fn decode(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) -> Message {
+    let mut message =
+        Message::for_shared_queue(queue.clone(), ext.message.body().unwrap_or_default());
     let mut properties = KeyValue::new();
     let mut transaction_id = None;
     for (name, value) in ext.properties() {
@@ -233,6 +277,7 @@ pub fn from_rocketmq(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) 
             }
             TRANSACTION_ID => transaction_id = Some(value.to_string()),
             "KEYS" => message.extension_header.message_key = Some(value.to_string()),
+            _ if ALWAYS_SET.contains(&name) => {}
             _ => {
                 if let Some(user) = name.strip_prefix(ESCAPED_PROPERTY) {
                     properties.put(user, value);
@@ -245,6 +290,9 @@ pub fn from_rocketmq(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) 
     message.properties = properties;
     if message.header.message_id.is_none() {
         message.header.message_id = Some(ext.msg_id.as_str().to_string());
+    }
+    if message.header.born_timestamp.is_none() {
+        message.header.born_timestamp = Some(ext.born_timestamp);
     }
     let ext_header = &mut message.extension_header;
     ext_header.partition = Some(ext.queue_id);
@@ -259,7 +307,7 @@ pub fn from_rocketmq(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) 
             .map(str::to_string)
     });
     message.receipt = Some(MessageReceipt {
-        queue: queue.to_string(),
+        queue: queue.clone(),
         partition: ext.queue_id,
         offset: ext.queue_offset,
     });
@@ -300,11 +348,14 @@ mod tests {
         message.header.born_timestamp = Some(42);
         message.header.born_host = Some("host:1".into());
         message.extension_header.trace_id = Some("trace".into());
-        let rmq = to_rocketmq(&message, "orders").unwrap();
+        let (rmq, id) = to_rocketmq(&message, &"orders".into()).unwrap();
         let props = rmq.properties().as_map();
         let get = |k: &str| props.get(k).map(|v| v.as_str().to_string());
-        assert_eq!(get(BORN_TIMESTAMP).as_deref(), Some("42"));
+        // RocketMQ records the born timestamp itself; a bornHost set by the sender travels.
+        assert_eq!(get(BORN_TIMESTAMP), None);
         assert_eq!(get(BORN_HOST).as_deref(), Some("host:1"));
+        assert_eq!(get(UNIQ_KEY).as_ref(), Some(&id));
+        assert_eq!(get(MESSAGE_ID), Some(id));
         assert_eq!(get(TRACE_ID).as_deref(), Some("trace"));
         assert_eq!(get("color").as_deref(), Some("blue"));
         assert_eq!(get("KEYS").as_deref(), Some("customer-1"));
@@ -316,12 +367,58 @@ mod tests {
     }
 
     #[test]
+    fn born_headers_come_from_the_broker_s_record_unless_the_sender_set_the_host() {
+        let stored = |host: &str, properties: &[(&'static str, &str)]| {
+            let mut ext = MessageExt {
+                message: RmqMessage::builder()
+                    .topic("orders")
+                    .body("x")
+                    .build()
+                    .unwrap(),
+                born_timestamp: 1_700_000_000_000,
+                born_host: host.parse().unwrap(),
+                ..MessageExt::default()
+            };
+            for (name, value) in properties {
+                ext.message
+                    .properties_mut()
+                    .as_map_mut()
+                    .insert(CheetahString::from_static_str(name), (*value).into());
+            }
+            ext
+        };
+        let queue: Arc<str> = "orders".into();
+        let store: Arc<str> = "broker-a".into();
+        let mut decoder = Decoder::default();
+        let first = decoder.message(&stored("10.0.0.1:4000", &[]), &queue, &store);
+        assert_eq!(first.header.born_timestamp, Some(1_700_000_000_000));
+        assert_eq!(first.header.born_host.as_deref(), Some("10.0.0.1:4000"));
+        // The decoder remembers the last address; a new one is written out anew.
+        let second = decoder.message(&stored("10.0.0.2:4001", &[]), &queue, &store);
+        assert_eq!(second.header.born_host.as_deref(), Some("10.0.0.2:4001"));
+        let own = decoder.message(
+            &stored("10.0.0.2:4001", &[(BORN_HOST, "edge-7:42")]),
+            &queue,
+            &store,
+        );
+        assert_eq!(own.header.born_host.as_deref(), Some("edge-7:42"));
+        // Messages stored by the first driver carried the born timestamp as a property.
+        let old = from_rocketmq(
+            &stored("10.0.0.1:4000", &[(BORN_TIMESTAMP, "42")]),
+            &queue,
+            &store,
+        );
+        assert_eq!(old.header.born_timestamp, Some(42));
+        assert!(old.properties.is_empty());
+    }
+
+    #[test]
     fn what_rocketmq_cannot_carry_is_refused_with_the_fix() {
         let empty = Message::new("orders", "");
-        let err = to_rocketmq(&empty, "orders").unwrap_err();
+        let err = to_rocketmq(&empty, &"orders".into()).unwrap_err();
         assert_eq!(err.status(), OmsStatus::MESSAGE_BODY_REQUIRED);
         let control = Message::new("orders", "x").with_property("p", "a\u{1}b");
-        let err = to_rocketmq(&control, "orders").unwrap_err();
+        let err = to_rocketmq(&control, &"orders".into()).unwrap_err();
         assert!(err.to_string().contains("base64"), "{err}");
     }
 }

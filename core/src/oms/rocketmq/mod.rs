@@ -16,13 +16,14 @@
 //! | consumer group (`CONSUMER_ID`) | consumer group; committed offsets are stored on the broker |
 //! | producer group (`PRODUCER_ID`) | producer group (default `omstream_producer`, `omstream_tx_producer` for transactional producers) |
 //! | `messageKey` | message keys (`KEYS`); the key also picks the partition (hash of the key) |
-//! | `messageId` | the producer's unique id (`UNIQ_KEY`), the `msg_id` a send returns |
-//! | `delayTime` | delivery after that many ms (`TIMER_DELAY_MS`) |
+//! | `messageId` | the producer's unique id (`UNIQ_KEY`), the `msg_id` a send returns; also in `OMS_MESSAGE_ID`, because the broker gives a batch's members the batch's `UNIQ_KEY` |
+//! | `delayTime` | delivery at the shortest of the broker's delay levels (1 s to 2 h) at least that long; the asked delay is kept in `OMS_DELAY_TIME` |
+//! | `bornTimestamp`, `bornHost` | RocketMQ's born timestamp and born host, which the client records at send (the time it sent the message, a few ms after the producer's stamp, and its address `ip:port`); a `bornHost` the sender set itself is carried in `OMS_BORN_HOST` |
 //! | `transactionId` | the transaction id of a half message |
 //! | `storeTimestamp`, `storeHost`, `partition`, `offset` | as the broker stored them |
 //! | `deliveryCount` | how often this consumer handed the message out (pull and push consumers); 1 for streaming consumers |
 //! | pull / push consumers | a lite pull consumer subscribed to the topics: the group's consumers split the message queues (rebalanced by the client); per-message acks held by the driver, the group's offset on the broker being the lowest unacknowledged one; redelivery after `ROCKETMQ_ACK_TIMEOUT_MS` (see below) |
-//! | `bornTimestamp`, `bornHost`, `correlationId`, `traceId`, `expireTime`, `priority`, `qos`, `compression` | message properties `OMS_BORN_TIMESTAMP`, `OMS_BORN_HOST`, ... (see [`header`]) so that they come back exactly as sent |
+//! | `correlationId`, `traceId`, `expireTime`, `priority`, `qos`, `compression` | message properties `OMS_CORRELATION_ID`, `OMS_TRACE_ID`, ... (see [`header`]) so that they come back exactly as sent |
 //! | user properties | message properties of the same name; a name RocketMQ reserves (`KEYS`, `TAGS`, ...) or one starting with `OMS_` is stored as `OMS_P_<name>` |
 //! | transactions | half messages; commit and rollback by end-transaction; the broker's check-back asks the producer group's check listener |
 //! | `ResourceManager` | topics created on every master with a queue count; listed and deleted through the admin API |

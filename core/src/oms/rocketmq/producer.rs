@@ -1,5 +1,6 @@
-//! Producers: sends to a topic's message queues (one batch request per queue), and
-//! transactions as half messages ended by end-transaction or by the broker's check-back.
+//! Producers: sends to a topic's message queues (one batch request per queue, the queues of a
+//! batch at once), and transactions as half messages ended by end-transaction or by the
+//! broker's check-back.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use cheetah_string::CheetahString;
 use rocketmq_client_rust::{
     DefaultMQProducer, LocalTransactionState, SendResult as RmqSendResult, TransactionListener,
 };
@@ -18,7 +20,7 @@ use rocketmq_model::common::topic::TopicValidator;
 
 use super::access_point::Settings;
 use super::error::oms_error;
-use super::header::{assign_id, from_rocketmq, to_rocketmq, topic_of};
+use super::header::{from_rocketmq, to_rocketmq, topic_of};
 use super::resource::explain_missing_route;
 use super::runtime::driver_runtime;
 use crate::oms::{
@@ -36,7 +38,8 @@ pub(crate) struct RocketMqProducer {
     client: std::sync::RwLock<Option<DefaultMQProducer>>,
     /// Each topic's message queues, by queue id.
     queues: Mutex<HashMap<String, Arc<Vec<MessageQueue>>>>,
-    /// Round robin over the queues for messages with neither key nor partition.
+    /// Round robin over the queues, batch by batch, for messages with neither key nor
+    /// partition.
     next: AtomicUsize,
     /// When this producer last ended a transaction (ms since the epoch; 0: never).
     last_end: Arc<AtomicI64>,
@@ -204,36 +207,128 @@ impl RocketMqProducer {
         Ok(queues)
     }
 
-    /// The message queue `message` goes to: its partition, else the hash of its key, else the
-    /// next in turn.
-    fn place(&self, message: &Message, queues: &[MessageQueue], topic: &str) -> Result<usize> {
+    /// The message queue `message` goes to in `target`: its partition, else the hash of its key,
+    /// else the queue of the batch's unkeyed messages (the next in turn, once per batch, as the
+    /// bare client does it: splitting a batch over every queue would make it as many requests).
+    fn place(&self, message: &Message, target: &mut Target) -> Result<usize> {
+        let queues = &target.queues;
         if let Some(partition) = message.extension_header.partition {
             return queues
                 .iter()
                 .position(|q| q.queue_id() == partition)
                 .ok_or_else(|| {
                     OmsError::bad_parameter(format!(
-                        "topic '{topic}' has no partition {partition} (it has {})",
+                        "topic '{}' has no partition {partition} (it has {})",
+                        target.topic,
                         queues.len()
                     ))
                 });
         }
         Ok(match &message.extension_header.message_key {
             Some(key) => crc32fast::hash(key.as_bytes()) as usize % queues.len(),
-            None => self.next.fetch_add(1, Ordering::Relaxed) % queues.len(),
+            None => *target
+                .unkeyed
+                .get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed) % queues.len()),
         })
+    }
+
+    /// Sends the requests of one message queue of `target`, one after another (so they are
+    /// stored in order), and returns each member's result; stops at the first failure.
+    async fn send_in_order(
+        &self,
+        producer: DefaultMQProducer,
+        target: &Target,
+        requests: Vec<Request>,
+    ) -> Result<Vec<(usize, SendResult)>> {
+        let mut results = Vec::new();
+        let timeout = self.settings.timeout_ms;
+        for Request {
+            mq, ids, messages, ..
+        } in requests
+        {
+            let partition = mq.queue_id();
+            let producer = producer.clone();
+            let sent = driver_runtime()?
+                .run(async move {
+                    if messages.len() == 1 {
+                        let message = messages.into_iter().next().expect("one message");
+                        producer
+                            .send_to_queue_with_timeout(message, mq, timeout)
+                            .await
+                    } else {
+                        producer
+                            .send_batch_to_queue_with_timeout(messages, mq, timeout)
+                            .await
+                            .map(Some)
+                    }
+                })
+                .await?
+                .map_err(self.error(&format!("send to topic '{}'", target.topic)));
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(error) => {
+                    return Err(explain_missing_route(&self.settings, &target.queue, error).await)
+                }
+            }
+            .ok_or_else(|| {
+                OmsError::storage(format!(
+                    "RocketMQ returned no result for a send to '{}'",
+                    target.topic
+                ))
+            })?;
+            for (i, (index, id)) in ids.into_iter().enumerate() {
+                let result = SendResult {
+                    message_id: id,
+                    queue: target.queue.to_string(),
+                    partition,
+                    offset: sent.queue_offset as i64 + i as i64,
+                };
+                results.push((index, result));
+            }
+        }
+        Ok(results)
     }
 }
 
-/// Messages sent together to one message queue.
-struct Group {
-    topic: String,
-    queue: String,
+/// A topic a batch sends to.
+struct Target {
+    /// The OMS queue.
+    queue: Arc<str>,
+    topic: CheetahString,
+    queues: Arc<Vec<MessageQueue>>,
+    /// The queue (index in `queues`) of this batch's messages with neither key nor partition,
+    /// once one was placed.
+    unkeyed: Option<usize>,
+}
+
+/// Messages sent together to one message queue, in one request.
+struct Request {
     mq: MessageQueue,
-    /// `(index in the batch, message id, message)`, in order.
-    members: Vec<(usize, String, RmqMessage)>,
+    /// `(index in the batch, message id)` of each member, in order.
+    ids: Vec<(usize, String)>,
+    messages: Vec<RmqMessage>,
+    /// The members' body and property bytes.
+    bytes: usize,
     /// Takes no more members (a delayed message is sent on its own).
     sealed: bool,
+}
+
+/// The most messages one batch request carries.
+const REQUEST_MESSAGES: usize = 512;
+
+/// The most body and property bytes one batch request carries, well under the broker's
+/// default limit of 4 MiB for a message (a batch is stored as one).
+const REQUEST_BYTES: usize = 1 << 20;
+
+/// What a message adds to a batch request: its body and properties, plus the fixed fields.
+fn encoded_size(message: &RmqMessage) -> usize {
+    let properties: usize = message
+        .properties()
+        .as_map()
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum();
+    message.body_slice().len() + properties + 20
 }
 
 #[async_trait]
@@ -242,86 +337,79 @@ impl ProducerBackend for RocketMqProducer {
         "rocketmq"
     }
 
+    fn records_born_host(&self) -> bool {
+        true
+    }
+
     async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>> {
         let count = messages.len();
-        // Group by (topic, queue), keeping each group's order; a delayed message goes alone (a
-        // RocketMQ batch cannot carry delays).
-        let mut groups: Vec<Group> = Vec::new();
+        // The topics of the batch (usually one), each looked up once.
+        let mut targets: Vec<Target> = Vec::new();
+        // The requests of each (target, message queue), in the batch's order.
+        let mut lanes: HashMap<(usize, usize), Vec<Request>> = HashMap::new();
+        let mut lane_order: Vec<(usize, usize)> = Vec::new();
+        let mut last_target: Option<usize> = None;
         for (index, message) in messages.iter().enumerate() {
-            let queue = message.destination().to_string();
-            let topic = topic_of(&queue)?;
-            let queues = self.queues(&topic).await?;
-            let mq = queues[self.place(message, &queues, &topic)?].clone();
-            let mut rmq = to_rocketmq(message, &topic)?;
-            let id = assign_id(&mut rmq);
+            let destination = &message.header.destination;
+            let same = |t: &Target| *t.queue == **destination;
+            let t = match last_target.filter(|&t| same(&targets[t])) {
+                Some(t) => t,
+                None => match targets.iter().position(same) {
+                    Some(t) => t,
+                    None => {
+                        let topic = topic_of(destination)?;
+                        let queues = self.queues(&topic).await?;
+                        targets.push(Target {
+                            queue: destination.clone(),
+                            topic: topic.into(),
+                            queues,
+                            unkeyed: None,
+                        });
+                        targets.len() - 1
+                    }
+                },
+            };
+            last_target = Some(t);
+            let q = self.place(message, &mut targets[t])?;
+            let (rmq, id) = to_rocketmq(message, &targets[t].topic)?;
+            let bytes = encoded_size(&rmq);
+            // A delayed message goes alone: a RocketMQ batch cannot carry delays.
             let alone = message.extension_header.delay_time.is_some();
-            let open = groups.iter_mut().find(|g| {
-                !alone && !g.sealed && g.topic == topic && g.mq == mq && g.members.len() < 512
+            let lane = lanes.entry((t, q)).or_insert_with(|| {
+                lane_order.push((t, q));
+                Vec::new()
             });
-            match open {
-                Some(group) => group.members.push((index, id, rmq)),
-                None => groups.push(Group {
-                    topic,
-                    queue,
-                    mq,
-                    members: vec![(index, id, rmq)],
+            match lane.last_mut().filter(|r| {
+                !alone
+                    && !r.sealed
+                    && r.messages.len() < REQUEST_MESSAGES
+                    && r.bytes + bytes <= REQUEST_BYTES
+            }) {
+                Some(request) => {
+                    request.ids.push((index, id));
+                    request.messages.push(rmq);
+                    request.bytes += bytes;
+                }
+                None => lane.push(Request {
+                    mq: targets[t].queues[q].clone(),
+                    ids: vec![(index, id)],
+                    messages: vec![rmq],
+                    bytes,
                     sealed: alone,
                 }),
             }
         }
+        // Message queues are independent: their requests go out at once (a keyed batch
+        // spreads over all of them), each queue's in order.
+        let producer = self.client()?;
+        let sends = lane_order.into_iter().map(|(t, q)| {
+            let requests = lanes.remove(&(t, q)).unwrap_or_default();
+            self.send_in_order(producer.clone(), &targets[t], requests)
+        });
         let mut results: Vec<Option<SendResult>> = vec![None; count];
-        let timeout = self.settings.timeout_ms;
-        for Group {
-            topic,
-            queue,
-            mq,
-            members,
-            ..
-        } in groups
-        {
-            let producer = self.client()?;
-            let partition = mq.queue_id();
-            let mut placed: Vec<(usize, String)> = Vec::with_capacity(members.len());
-            let mut bodies: Vec<RmqMessage> = Vec::with_capacity(members.len());
-            for (index, id, message) in members {
-                placed.push((index, id));
-                bodies.push(message);
-            }
-            let n = bodies.len();
-            let sent = driver_runtime()?
-                .run(async move {
-                    if n == 1 {
-                        let message = bodies.into_iter().next().expect("one message");
-                        producer
-                            .send_to_queue_with_timeout(message, mq, timeout)
-                            .await
-                    } else {
-                        producer
-                            .send_batch_to_queue_with_timeout(bodies, mq, timeout)
-                            .await
-                            .map(Some)
-                    }
-                })
-                .await?
-                .map_err(self.error(&format!("send to topic '{topic}'")));
-            let sent = match sent {
-                Ok(sent) => sent,
-                Err(error) => {
-                    return Err(explain_missing_route(&self.settings, &queue, error).await)
-                }
-            }
-            .ok_or_else(|| {
-                OmsError::storage(format!(
-                    "RocketMQ returned no result for a send to '{topic}'"
-                ))
-            })?;
-            for (i, (index, id)) in placed.into_iter().enumerate() {
-                results[index] = Some(SendResult {
-                    message_id: id,
-                    queue: queue.clone(),
-                    partition,
-                    offset: sent.queue_offset as i64 + i as i64,
-                });
+        for sent in futures::future::join_all(sends).await {
+            for (index, result) in sent? {
+                results[index] = Some(result);
             }
         }
         results
@@ -347,8 +435,7 @@ impl ProducerBackend for RocketMqProducer {
         let topic = topic_of(&queue)?;
         // Loads the route, which ending the transaction needs.
         self.queues(&topic).await?;
-        let mut rmq = to_rocketmq(&message, &topic)?;
-        let id = assign_id(&mut rmq);
+        let (rmq, id) = to_rocketmq(&message, &topic.as_str().into())?;
         let producer = self.client()?;
         let kept = rmq.clone();
         let sent = driver_runtime()?

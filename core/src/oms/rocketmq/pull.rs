@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::access_point::Settings;
 use super::error::oms_error;
-use super::header::{from_rocketmq, queue_of, topic_of};
+use super::header::{queue_of, topic_of, Decoder};
 use super::resource::explain_missing_route;
 use super::runtime::driver_runtime;
 use crate::oms::{
@@ -244,12 +244,13 @@ impl RocketMqPullConsumer {
         }
         let now = now_millis();
         let mut tracker = self.tracker();
+        let mut decoder = Decoder::default();
         for ext in &polled {
             let topic = ext.topic().to_string();
             let mq = MessageQueue::from_parts(topic.as_str(), ext.broker_name(), ext.queue_id());
             let queue: Arc<str> = queue_of(&topic).into();
             let store_host: Arc<str> = ext.broker_name().into();
-            let mut message = from_rocketmq(ext, &queue, &store_host);
+            let mut message = decoder.message(ext, &queue, &store_host);
             let offset = ext.queue_offset();
             let state = tracker.queues.entry(mq.clone()).or_default();
             state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
@@ -262,12 +263,8 @@ impl RocketMqPullConsumer {
             {
                 continue;
             }
+            // `from_rocketmq` gave the receipt (queue, partition and offset).
             message.extension_header.delivery_count = 1;
-            message.receipt = Some(MessageReceipt {
-                queue: queue.to_string(),
-                partition: ext.queue_id(),
-                offset,
-            });
             state.waiting += 1;
             tracker.ready.push_back((mq, message));
         }

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 
 use super::access_point::Settings;
 use super::error::oms_error;
-use super::header::{from_rocketmq, topic_of};
+use super::header::{topic_of, Decoder};
 use super::resource::explain_missing_route;
 use super::runtime::driver_runtime;
 use crate::oms::{
@@ -265,6 +265,7 @@ impl StreamingConsumer for RocketMqStreamingConsumer {
             store_host: mq.broker_name().as_str().into(),
             mq,
             offset,
+            decoder: Decoder::default(),
         }))
     }
 
@@ -355,6 +356,7 @@ pub(crate) struct RocketMqReader {
     store_host: Arc<str>,
     mq: MessageQueue,
     offset: i64,
+    decoder: Decoder,
 }
 
 impl std::fmt::Debug for RocketMqReader {
@@ -397,14 +399,19 @@ impl RocketMqReader {
         match result.pull_status() {
             PullStatus::Found => {
                 let now = now_millis();
-                let messages = result
-                    .msg_found_list()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|m| from_rocketmq(m, &self.queue, &self.store_host))
+                let found = result.msg_found_list().unwrap_or_default();
+                let mut messages = Vec::with_capacity(found.len());
+                for ext in found {
+                    let message = self.decoder.message(ext, &self.queue, &self.store_host);
                     // Expired messages are skipped, as the spec's expireTime asks.
-                    .filter(|m| m.extension_header.expire_time.is_none_or(|at| at > now))
-                    .collect();
+                    if message
+                        .extension_header
+                        .expire_time
+                        .is_none_or(|at| at > now)
+                    {
+                        messages.push(message);
+                    }
+                }
                 self.offset = result.next_begin_offset() as i64;
                 Ok(messages)
             }
