@@ -9,9 +9,8 @@
 //! executing the ignored `child_job` test.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +24,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 mod support;
+
+use support::child::{follow, run_as_child, spawn_child, wait_done};
 
 const EVENTS: usize = 200_000;
 const KEYS: usize = 50;
@@ -51,30 +52,19 @@ struct Total {
 #[test]
 #[ignore = "run only as a child process of the tests below"]
 fn child_job() {
-    let Ok(spec) = std::env::var("OMSTREAM_TEST_CHILD") else {
-        return;
-    };
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [store, state, output, rate, parallelism] = parts[..] else {
-        panic!("bad child spec {spec}");
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("OMSTREAM_TEST_LOG")
-                .unwrap_or_else(|_| "omstream_core::checkpoint=debug".to_string()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(run_job(
-        Path::new(store),
-        Path::new(state),
-        output,
-        rate.parse().unwrap(),
-        parallelism.parse().unwrap(),
-    ));
-    println!("DONE");
+    run_as_child(
+        "omstream_core::checkpoint=debug",
+        |[store, state, output, rate, parallelism]| async move {
+            run_job(
+                Path::new(&store),
+                Path::new(&state),
+                &output,
+                rate.parse().unwrap(),
+                parallelism.parse().unwrap(),
+            )
+            .await
+        },
+    );
 }
 
 async fn run_job(store: &Path, state: &Path, output: &str, rate: f64, parallelism: usize) {
@@ -154,26 +144,15 @@ impl AggregateFunction<Event> for SumAndCount {
     }
 }
 
-fn spawn_child(store: &Path, state: &Path, output: &str, rate: u32, parallelism: usize) -> Child {
-    let spec = format!(
-        "{}|{}|{output}|{rate}|{parallelism}",
-        store.display(),
-        state.display()
-    );
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_job",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("OMSTREAM_TEST_CHILD", spec)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// Starts a run of the job in a child process.
+fn spawn_job(store: &Path, state: &Path, output: &str, rate: u32, parallelism: usize) -> Child {
+    spawn_child(&[
+        &store.display().to_string(),
+        &state.display().to_string(),
+        output,
+        &rate.to_string(),
+        &parallelism.to_string(),
+    ])
 }
 
 /// What a child's log says about checkpoints right now.
@@ -183,21 +162,18 @@ struct CheckpointLog {
     completed: u64,
 }
 
-/// Follows a child's stderr: counts triggered and completed checkpoints.
-fn follow(child: &mut Child) -> Arc<Mutex<CheckpointLog>> {
+/// Follows a child's log: counts triggered and completed checkpoints.
+fn follow_checkpoints(child: &mut Child) -> Arc<Mutex<CheckpointLog>> {
     let log = Arc::new(Mutex::new(CheckpointLog::default()));
-    let stderr = child.stderr.take().unwrap();
     let shared = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = shared.lock().unwrap();
-            if line.contains("checkpoint triggered") {
-                log.triggered += 1;
-            } else if line.contains("checkpoint complete") {
-                log.completed += 1;
-            } else if line.contains("panicked") || line.contains("ERROR") {
-                eprintln!("child: {line}");
-            }
+    follow(child, move |line| {
+        let mut log = shared.lock().unwrap();
+        if line.contains("checkpoint triggered") {
+            log.triggered += 1;
+        } else if line.contains("checkpoint complete") {
+            log.completed += 1;
+        } else if line.contains("panicked") || line.contains("ERROR") {
+            eprintln!("child: {line}");
         }
     });
     log
@@ -255,23 +231,13 @@ async fn totals_in(store: &Path, queue: &str) -> Vec<Total> {
     totals
 }
 
-fn wait_ok(mut child: Child, what: &str) {
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        status.success() && stdout.contains("DONE"),
-        "{what} failed: {status:?} {stdout}"
-    );
-}
-
 fn kill_and_restart(store: &Path, parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize) {
     let state = store.join("job-state");
     let mut rng = rand::rng();
     let (mut kills, mut during_checkpoint) = (0, 0);
     while kills < 25 {
-        let mut child = spawn_child(store, &state, "out", 20_000, parallelism(&mut rng));
-        let log = follow(&mut child);
+        let mut child = spawn_job(store, &state, "out", 20_000, parallelism(&mut rng));
+        let log = follow_checkpoints(&mut child);
         if kills % 2 == 0 {
             // Anywhere from the start: during recovery, before the first checkpoint, or later.
             std::thread::sleep(Duration::from_millis(rng.random_range(50..1200)));
@@ -313,8 +279,8 @@ fn kill_and_restart(store: &Path, parallelism: impl Fn(&mut rand::rngs::ThreadRn
     );
     // The last run goes to the end, unthrottled.
     let started = std::time::Instant::now();
-    let child = spawn_child(store, &state, "out", 0, parallelism(&mut rng));
-    wait_ok(child, "the final run");
+    let child = spawn_job(store, &state, "out", 0, parallelism(&mut rng));
+    wait_done(child, "the final run");
     eprintln!("final run: {:?}", started.elapsed());
 }
 
@@ -325,8 +291,8 @@ async fn crash_test(parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + 
     // The reference: one uninterrupted run into another queue.
     let started = std::time::Instant::now();
     let reference_state = store.join("reference-state");
-    wait_ok(
-        spawn_child(&store, &reference_state, "reference", 0, 2),
+    wait_done(
+        spawn_job(&store, &reference_state, "reference", 0, 2),
         "the reference run",
     );
     eprintln!("reference run: {:?}", started.elapsed());

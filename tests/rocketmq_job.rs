@@ -189,35 +189,21 @@ async fn a_checkpointed_job_writes_exactly_once_with_transactions_on_rocketmq() 
 #[test]
 #[ignore = "run only as a child process of the test below"]
 fn child_job() {
-    let Ok(spec) = std::env::var("OMSTREAM_TEST_CHILD") else {
-        return;
-    };
-    let parts: Vec<&str> = spec.split('|').collect();
-    let [url, input, output, state] = parts[..] else {
-        panic!("bad child spec {spec}");
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("OMSTREAM_TEST_LOG")
-                .unwrap_or_else(|_| "omstream_core::connectors=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let ap = connect(url, KeyValue::new()).await.unwrap();
-        exactly_once_run(
-            CRASH_JOB,
-            &ap,
-            input,
-            output,
-            std::path::Path::new(state),
-            600.0,
-        )
-        .await;
-    });
-    println!("DONE");
+    support::child::run_as_child(
+        "omstream_core::connectors=info",
+        |[url, input, output, state]| async move {
+            let ap = connect(&url, KeyValue::new()).await.unwrap();
+            exactly_once_run(
+                CRASH_JOB,
+                &ap,
+                &input,
+                &output,
+                std::path::Path::new(&state),
+                600.0,
+            )
+            .await;
+        },
+    );
 }
 
 const CRASH_JOB: &str = "rocketmq-eo-crash";
@@ -232,46 +218,16 @@ async fn a_job_killed_again_and_again_writes_exactly_once_on_rocketmq() {
     use rand::Rng;
     let (ap, input, out) = queues("eocrash").await;
     let state = tempfile::tempdir().unwrap();
-    let spec = format!(
-        "{}|{input}|{out}|{}",
-        support::rocketmq::url(),
-        state.path().display()
-    );
-    let spawn = || {
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_job",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("OMSTREAM_TEST_CHILD", &spec)
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let url = support::rocketmq::url();
+    let state_dir = state.path().display().to_string();
+    let spawn = || support::child::spawn_child(&[&url, &input, &out, &state_dir]);
     // Counts the check-backs the children's writers decided, from their logs.
     let decided = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let follow = |child: &mut std::process::Child| {
-        let stderr = child.stderr.take().unwrap();
         let decided = decided.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                // `OMSTREAM_TEST_LOG=<filter>` sets the children's log filter; their lines
-                // are shown with --nocapture.
-                if std::env::var_os("OMSTREAM_TEST_LOG").is_some() {
-                    eprintln!("child: {line}");
-                }
-                if line.contains("decided a transaction the broker checked back") {
-                    decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+        support::child::follow(child, move |line| {
+            if line.contains("decided a transaction the broker checked back") {
+                decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         })
     };
@@ -299,13 +255,7 @@ async fn a_job_killed_again_and_again_writes_exactly_once_on_rocketmq() {
     );
     let mut last = spawn();
     let logs = follow(&mut last);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(last.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let status = last.wait().unwrap();
-    assert!(
-        status.success() && stdout.contains("DONE"),
-        "the final run: {status:?}"
-    );
+    support::child::wait_done(last, "the final run");
     logs.join().unwrap();
     // A kill between a barrier and the commit after its checkpoint leaves transactions open;
     // the later runs' writers decide them when the broker asks (not every kill lands there).

@@ -62,5 +62,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// Jobs in child processes, for the crash tests.
+pub(crate) mod child;
 /// The RocketMQ broker the RocketMQ tests run against.
 pub(crate) mod rocketmq;

@@ -159,31 +159,51 @@ struct EpochRule {
 
 impl TransactionStateCheckListener for EpochRule {
     fn check(&self, message: &Message) -> TransactionState {
-        let props = &message.properties;
-        if props.get_str(TXN_JOB) != Some(self.job.as_str())
-            || props.get_str(TXN_SINK) != Some(self.sink.as_str())
-        {
+        let Some(epoch) = own_epoch(message, &self.job, &self.sink) else {
             return TransactionState::Unknown;
-        }
-        match props.get_str(TXN_EPOCH).map(str::parse::<u64>) {
-            Some(Ok(epoch)) if self.lineage.epoch_is_restored(epoch) => {
-                self.committed.fetch_add(1, Ordering::Relaxed);
-                TransactionState::Commit
-            }
-            Some(Ok(_)) => {
-                self.rolled_back.fetch_add(1, Ordering::Relaxed);
-                TransactionState::Rollback
-            }
-            _ => {
-                tracing::warn!(
-                    job = %self.job,
-                    sink = %self.sink,
-                    transaction = message.extension_header.transaction_id.as_deref().unwrap_or(""),
-                    "a transaction of this sink has no readable {TXN_EPOCH} property; it is left open"
-                );
-                TransactionState::Unknown
-            }
-        }
+        };
+        let decision = recovery_decision(&self.lineage, epoch);
+        match decision {
+            TransactionState::Commit => self.committed.fetch_add(1, Ordering::Relaxed),
+            _ => self.rolled_back.fetch_add(1, Ordering::Relaxed),
+        };
+        decision
+    }
+}
+
+/// The epoch `message`'s transaction was prepared in, if sink `sink` of job `job` prepared it;
+/// `None` for anyone else's (another job's or sink's, or not a sink's at all), which is not
+/// this sink's to decide. One of the sink's own whose epoch cannot be read is left open, with
+/// a warning.
+fn own_epoch(message: &Message, job: &str, sink: &str) -> Option<u64> {
+    let props = &message.properties;
+    if props.get_str(TXN_JOB) != Some(job) || props.get_str(TXN_SINK) != Some(sink) {
+        return None;
+    }
+    let epoch = props.get_str(TXN_EPOCH).and_then(|e| e.parse::<u64>().ok());
+    if epoch.is_none() {
+        tracing::warn!(
+            job,
+            sink,
+            transaction = message
+                .extension_header
+                .transaction_id
+                .as_deref()
+                .unwrap_or(""),
+            "a transaction of this sink has no readable {TXN_EPOCH} property; it is left open"
+        );
+    }
+    epoch
+}
+
+/// The recovery rule for a transaction of an earlier run: committed if its epoch is part of
+/// the lineage the run restored (its checkpoint completed, and no later restore abandoned
+/// it), rolled back otherwise.
+fn recovery_decision(lineage: &SubtaskInfo, epoch: u64) -> TransactionState {
+    if lineage.epoch_is_restored(epoch) {
+        TransactionState::Commit
+    } else {
+        TransactionState::Rollback
     }
 }
 

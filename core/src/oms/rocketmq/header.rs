@@ -253,6 +253,7 @@ fn decode(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) -> Message 
         Message::for_shared_queue(queue.clone(), ext.message.body().unwrap_or_default());
     let mut properties = KeyValue::new();
     let mut transaction_id = None;
+    let mut unique_id = None;
     for (name, value) in ext.properties() {
         let (name, value) = (name.as_str(), value.as_str());
         match name {
@@ -270,11 +271,8 @@ fn decode(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) -> Message 
                 message.extension_header.delay_time = value.parse().ok().map(Duration::from_millis)
             }
             MESSAGE_ID => message.header.message_id = Some(value.to_string()),
-            UNIQ_KEY => {
-                if message.header.message_id.is_none() {
-                    message.header.message_id = Some(value.to_string());
-                }
-            }
+            // Taken below, when there is no `MESSAGE_ID` (one string made, not two).
+            UNIQ_KEY => unique_id = Some(value),
             TRANSACTION_ID => transaction_id = Some(value.to_string()),
             "KEYS" => message.extension_header.message_key = Some(value.to_string()),
             _ if ALWAYS_SET.contains(&name) => {}
@@ -289,7 +287,8 @@ fn decode(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) -> Message 
     }
     message.properties = properties;
     if message.header.message_id.is_none() {
-        message.header.message_id = Some(ext.msg_id.as_str().to_string());
+        let id = unique_id.unwrap_or(ext.msg_id.as_str());
+        message.header.message_id = Some(id.to_string());
     }
     if message.header.born_timestamp.is_none() {
         message.header.born_timestamp = Some(ext.born_timestamp);
