@@ -31,6 +31,8 @@
 //! quick run. Case names after `--` run only those cases (`100b`, `1kib`, `fsync`, `latency`),
 //! e.g. `cargo bench --bench embedded_queue -- 100b latency`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -246,12 +248,6 @@ async fn timing_consumer(
     Ok(latencies)
 }
 
-/// The value below which `q` (0..=1) of the sorted `values` fall.
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 fn micros(ns: u64) -> String {
     format!("{:.1} µs", ns as f64 / 1e3)
 }
@@ -282,7 +278,7 @@ async fn latency(run: Duration) -> BenchResult<()> {
         println!(
             "{:<44} {:>12}",
             format!("latency {name}"),
-            micros(percentile(&latencies, q))
+            micros(common::percentile(&latencies, q))
         );
     }
     println!(
@@ -309,16 +305,7 @@ struct Scale(f64);
 
 impl Scale {
     fn from_env() -> BenchResult<Self> {
-        match std::env::var("OMSTREAM_BENCH_SCALE") {
-            Err(_) => Ok(Self(1.0)),
-            Ok(s) => match s.trim().parse::<f64>() {
-                Ok(v) if v.is_finite() && v > 0.0 => Ok(Self(v)),
-                _ => Err(format!(
-                    "OMSTREAM_BENCH_SCALE='{s}' is not a positive number (e.g. 0.05 or 1)"
-                )
-                .into()),
-            },
-        }
+        Ok(Self(common::scale_from_env()?))
     }
 
     /// `n` scaled, at least one batch.
@@ -332,23 +319,11 @@ impl Scale {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string())
-}
-
 fn print_machine(scale: &Scale) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("omstream embedded queue benchmark");
     println!("command: cargo bench --bench embedded_queue");
-    println!("machine: nproc = {cpus}, CPU: {}", cpu_model());
+    println!("machine: nproc = {cpus}, CPU: {}", common::cpu_model());
     println!(
         "store:   a fresh temporary directory under {}",
         std::env::temp_dir().display()

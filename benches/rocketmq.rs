@@ -53,6 +53,8 @@
 //! comparison: `cargo bench --bench rocketmq -- 1kib oms`.
 #![allow(deprecated)] // The classic pull consumer: the driver reads with it on purpose (exact offsets).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -535,8 +537,7 @@ async fn consume_oms(
                 })
             })
             .collect();
-        let pass = collect_reads(tasks, clock).await?;
-        check_read(&pass, count, topic)?;
+        let pass = collect_reads(tasks, clock, count, topic).await?;
         total = Some(total.map_or(pass, |t| t.plus(&pass)));
     }
     Ok(total.expect("at least one pass"))
@@ -615,8 +616,7 @@ async fn consume_bare(
                 })
             })
             .collect();
-        let pass = collect_reads(tasks, clock).await?;
-        check_read(&pass, count, topic)?;
+        let pass = collect_reads(tasks, clock, count, topic).await?;
         total = Some(total.map_or(pass, |t| t.plus(&pass)));
     }
     Ok(total.expect("at least one pass"))
@@ -646,10 +646,13 @@ where
     }
 }
 
-/// Waits for the reader tasks and sums what they read.
+/// Waits for the reader tasks of one pass over `topic` and sums what they read, which must be
+/// the `count` messages sent.
 async fn collect_reads(
     tasks: Vec<JoinHandle<BenchResult<(usize, usize)>>>,
     clock: Clock,
+    count: usize,
+    topic: &str,
 ) -> BenchResult<Throughput> {
     let (mut messages, mut body_bytes) = (0, 0);
     for task in tasks {
@@ -657,7 +660,13 @@ async fn collect_reads(
         messages += m;
         body_bytes += b;
     }
-    Ok(clock.stop(messages, body_bytes))
+    let read = clock.stop(messages, body_bytes);
+    if messages != count {
+        return Err(err(format!(
+            "read {messages} messages from {topic}, {count} were sent"
+        )));
+    }
+    Ok(read)
 }
 
 /// Cases 1 and 2 for one body size: `runs` rounds of produce and consume per side in `sides`,
@@ -741,16 +750,6 @@ async fn throughput(
     }
     println!();
     verdicts.extend(new);
-    Ok(())
-}
-
-fn check_read(read: &Throughput, count: usize, topic: &str) -> BenchResult<()> {
-    if read.messages != count {
-        return Err(err(format!(
-            "read {} messages from {topic}, {count} were sent",
-            read.messages
-        )));
-    }
     Ok(())
 }
 
@@ -903,12 +902,6 @@ async fn latency_run(clients: &Arc<Clients>, side: Side, run: Duration) -> Bench
     Ok(latencies)
 }
 
-/// The value below which `q` (0..=1) of the sorted `values` fall.
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 fn micros(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
@@ -937,7 +930,8 @@ async fn latency(clients: &Arc<Clients>, sides: &[Side], run: Duration) -> Bench
         sorted.sort_unstable();
     }
     let [oms, _, bare] = &pooled;
-    let at = |sorted: &[u64], q| (!sorted.is_empty()).then(|| micros(percentile(sorted, q)));
+    let at =
+        |sorted: &[u64], q| (!sorted.is_empty()).then(|| micros(common::percentile(sorted, q)));
     let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} µs"));
     for (name, q) in [("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)] {
         let (o, b) = (at(oms, q), at(bare, q));
@@ -1013,15 +1007,7 @@ struct Scale(f64);
 
 impl Scale {
     fn from_env() -> BenchResult<Self> {
-        match std::env::var("OMSTREAM_BENCH_SCALE") {
-            Err(_) => Ok(Self(1.0)),
-            Ok(s) => match s.trim().parse::<f64>() {
-                Ok(v) if v.is_finite() && v > 0.0 => Ok(Self(v)),
-                _ => Err(err(format!(
-                    "OMSTREAM_BENCH_SCALE='{s}' is not a positive number (e.g. 0.05 or 1)"
-                ))),
-            },
-        }
+        Ok(Self(common::scale_from_env().map_err(err)?))
     }
 
     /// `n` scaled, at least one batch per queue.
@@ -1035,23 +1021,11 @@ impl Scale {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string())
-}
-
 fn print_machine(scale: &Scale, url: &str) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("omstream RocketMQ driver benchmark: OMS layer vs bare rocketmq-client-rust 1.0.0");
     println!("command: cargo bench --bench rocketmq");
-    println!("machine: nproc = {cpus}, CPU: {}", cpu_model());
+    println!("machine: nproc = {cpus}, CPU: {}", common::cpu_model());
     println!("broker:  {url} (name server and broker on this machine)");
     println!(
         "topics:  fresh, {PARTITIONS} queues each; produce batches of {BATCH}; reads of up to {READ_MAX}"

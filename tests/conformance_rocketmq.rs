@@ -9,7 +9,13 @@ use std::time::Duration;
 
 use omstream_core::oms::conformance::{Conformance, Outcome};
 use omstream_core::oms::rocketmq::ROCKETMQ_ACK_TIMEOUT_MS;
-use omstream_core::oms::{connect, KeyValue};
+use omstream_core::oms::{
+    connect, now_millis, KeyValue, Message, MessagingAccessPoint, Producer, QueueConfig,
+    SeekPosition, ServiceLifecycle,
+};
+
+/// An access point.
+type AccessPoint = Arc<dyn MessagingAccessPoint>;
 
 async fn suite() -> Conformance {
     // `RUST_LOG=omstream_core=debug` shows the driver's view (check-backs, retries).
@@ -73,7 +79,7 @@ async fn resource_manager() {
 /// The queue half of the resource manager check, on the default namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_are_created_described_listed_and_deleted() {
-    use omstream_core::oms::{Message, OmsStatus, QueueConfig, ServiceLifecycle};
+    use omstream_core::oms::OmsStatus;
     let ap = connect(&support::rocketmq::url(), KeyValue::new())
         .await
         .unwrap();
@@ -115,26 +121,45 @@ async fn queues_are_created_described_listed_and_deleted() {
     );
 }
 
-/// Every message of a batch has its own id, on send and on receipt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_members_keep_their_own_ids() {
-    use omstream_core::oms::{Message, QueueConfig, SeekPosition, ServiceLifecycle};
+/// A connection, a new queue `<prefix>-<pid>-<ms>` of `partitions`, and a started producer.
+async fn fresh_queue(prefix: &str, partitions: u32) -> (AccessPoint, String, Producer) {
     let ap = connect(&support::rocketmq::url(), KeyValue::new())
         .await
         .unwrap();
-    let queue = format!(
-        "ids-{}-{}",
-        std::process::id(),
-        omstream_core::oms::now_millis()
-    );
+    let queue = format!("{prefix}-{}-{}", std::process::id(), now_millis());
     ap.resource_manager()
         .await
         .unwrap()
-        .create_queue(&queue, QueueConfig::with_partitions(1))
+        .create_queue(&queue, QueueConfig::with_partitions(partitions))
         .await
         .unwrap();
     let producer = ap.create_producer(KeyValue::new()).await.unwrap();
     producer.start().await.unwrap();
+    (ap, queue, producer)
+}
+
+/// The first `n` messages of `partition` of `queue` from `from`.
+async fn read(
+    ap: &AccessPoint,
+    queue: &str,
+    partition: i32,
+    from: SeekPosition,
+    n: usize,
+) -> Vec<Message> {
+    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
+    consumer.start().await.unwrap();
+    let mut reader = consumer.open(queue, partition, from).await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < n {
+        received.extend(reader.next_batch(n - received.len()).await.unwrap());
+    }
+    received
+}
+
+/// Every message of a batch has its own id, on send and on receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_members_keep_their_own_ids() {
+    let (ap, queue, producer) = fresh_queue("ids", 1).await;
     let sent = producer
         .send_batch(
             (0..20)
@@ -143,16 +168,7 @@ async fn batch_members_keep_their_own_ids() {
         )
         .await
         .unwrap();
-    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
-    consumer.start().await.unwrap();
-    let mut reader = consumer
-        .open(&queue, 0, SeekPosition::Beginning)
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    while received.len() < 20 {
-        received.extend(reader.next_batch(20).await.unwrap());
-    }
+    let received = read(&ap, &queue, 0, SeekPosition::Beginning, 20).await;
     let sent_ids: Vec<&str> = sent.iter().map(|r| r.message_id.as_str()).collect();
     let received_ids: Vec<&str> = received.iter().filter_map(|m| m.message_id()).collect();
     assert_eq!(received_ids, sent_ids);
@@ -165,23 +181,7 @@ async fn batch_members_keep_their_own_ids() {
 /// is split into requests that keep its order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_go_to_one_partition_each_and_big_ones_are_split_in_order() {
-    use omstream_core::oms::{Message, QueueConfig, SeekPosition, ServiceLifecycle};
-    let ap = connect(&support::rocketmq::url(), KeyValue::new())
-        .await
-        .unwrap();
-    let queue = format!(
-        "split-{}-{}",
-        std::process::id(),
-        omstream_core::oms::now_millis()
-    );
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue(&queue, QueueConfig::with_partitions(4))
-        .await
-        .unwrap();
-    let producer = ap.create_producer(KeyValue::new()).await.unwrap();
-    producer.start().await.unwrap();
+    let (ap, queue, producer) = fresh_queue("split", 4).await;
     let mut partitions = Vec::new();
     for _ in 0..4 {
         let sent = producer
@@ -209,18 +209,11 @@ async fn batches_go_to_one_partition_each_and_big_ones_are_split_in_order() {
     let sent = producer.send_batch(big).await.unwrap();
     let offsets: Vec<i64> = sent.iter().map(|r| r.offset).collect();
     assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
-    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
-    consumer.start().await.unwrap();
-    let mut reader = consumer
-        .open(&queue, 2, SeekPosition::Offset(offsets[0]))
+    let order: Vec<u32> = read(&ap, &queue, 2, SeekPosition::Offset(offsets[0]), 100)
         .await
-        .unwrap();
-    let mut order = Vec::new();
-    while order.len() < 100 {
-        for m in reader.next_batch(100).await.unwrap() {
-            order.push(u32::from_be_bytes(m.data[..4].try_into().unwrap()));
-        }
-    }
+        .iter()
+        .map(|m| u32::from_be_bytes(m.data[..4].try_into().unwrap()))
+        .collect();
     assert_eq!(order, (0..100).collect::<Vec<_>>());
 }
 
@@ -228,23 +221,7 @@ async fn batches_go_to_one_partition_each_and_big_ones_are_split_in_order() {
 /// a bornHost the sender set itself comes back as set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn born_headers_are_rocketmq_s_unless_the_sender_set_the_host() {
-    use omstream_core::oms::{Message, QueueConfig, SeekPosition, ServiceLifecycle};
-    let ap = connect(&support::rocketmq::url(), KeyValue::new())
-        .await
-        .unwrap();
-    let queue = format!(
-        "born-{}-{}",
-        std::process::id(),
-        omstream_core::oms::now_millis()
-    );
-    ap.resource_manager()
-        .await
-        .unwrap()
-        .create_queue(&queue, QueueConfig::with_partitions(1))
-        .await
-        .unwrap();
-    let producer = ap.create_producer(KeyValue::new()).await.unwrap();
-    producer.start().await.unwrap();
+    let (ap, queue, producer) = fresh_queue("born", 1).await;
     let before = omstream_core::oms::now_millis();
     let mut own = Message::new(&queue, "own host");
     own.header.born_host = Some("edge-7:42".into());
@@ -253,16 +230,7 @@ async fn born_headers_are_rocketmq_s_unless_the_sender_set_the_host() {
         .await
         .unwrap();
     let after = omstream_core::oms::now_millis();
-    let consumer = ap.create_streaming_consumer(KeyValue::new()).await.unwrap();
-    consumer.start().await.unwrap();
-    let mut reader = consumer
-        .open(&queue, 0, SeekPosition::Beginning)
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    while received.len() < 2 {
-        received.extend(reader.next_batch(2).await.unwrap());
-    }
+    let received = read(&ap, &queue, 0, SeekPosition::Beginning, 2).await;
     for message in &received {
         let born = message.header.born_timestamp.unwrap();
         assert!(
@@ -281,7 +249,7 @@ async fn born_headers_are_rocketmq_s_unless_the_sender_set_the_host() {
 /// every message once (all are acknowledged), and each receives some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_s_pull_consumers_share_the_partitions() {
-    use omstream_core::oms::{keyvalue, Message, QueueConfig, ServiceLifecycle};
+    use omstream_core::oms::keyvalue;
     let ap = connect(&support::rocketmq::url(), KeyValue::new())
         .await
         .unwrap();
