@@ -17,6 +17,9 @@
 # Settings (environment):
 #   OMSTREAM_TOOLS  where binaries and their build directory go (default ~/.cache/omstream/tools)
 #   ROCKETMQ_RUN    the data, config, log and pid directory (default $OMSTREAM_TOOLS/rocketmq-run)
+#   ROCKETMQ_STORE_ROOT  the directory in which the broker's store goes, as
+#                   omstream-rocketmq-<broker port> (default: the RAM disk /dev/shm when it is a
+#                   tmpfs with 4 GiB free, else $ROCKETMQ_RUN; see choose_store)
 #   ROCKETMQ_NAMESRV_PORT (9876), ROCKETMQ_BROKER_PORT (10911)
 #
 # The broker config shrinks the store (64 MiB commit-log files, small consume queues and index):
@@ -45,6 +48,50 @@ install() {
         rocketmq-namesrv@"$VERSION" rocketmq-broker@"$VERSION"
 }
 
+# Percent of the file system holding $1 that is in use, counted as the broker counts it: (size -
+# available) / size, so blocks reserved for root count as used.
+disk_used_percent() {
+    df -P -k "$1" | awk 'NR == 2 { printf "%d", ($2 - $4) * 100 / $2 }'
+}
+
+disk_available_kib() {
+    df -P -k "$1" | awk 'NR == 2 { print $4 }'
+}
+
+# Where the store goes. The broker refuses every write (SYSTEM_BUSY, broker code 2) once its file
+# system is 90 % used, and from 85 % it may delete commit-log files early. A build machine's disk
+# fills with build output (a CI run failed so), so by default the store lives on the RAM disk:
+# tests and benchmarks write well under 1 GB, and the broker's own data survives a SIGKILL of the
+# broker there, which is all the fault tests need.
+choose_store() {
+    local root
+    if [[ -n "${ROCKETMQ_STORE_ROOT:-}" ]]; then
+        root=$ROCKETMQ_STORE_ROOT
+    elif [[ -d /dev/shm && -w /dev/shm ]] && [[ "$(stat -f -c %T /dev/shm)" == tmpfs ]] \
+        && (( $(disk_available_kib /dev/shm) >= 4 * 1024 * 1024 )); then
+        root=/dev/shm
+    else
+        root=$RUN
+    fi
+    STORE=$root/omstream-rocketmq-$BROKER_PORT
+    # A fresh store each start: tests and benchmarks need no data from an earlier start, and a
+    # store grown over many runs makes the broker's start slow (it replays its commit log).
+    # `start-broker` restarts on the data this start began.
+    rm -rf "$STORE"
+    mkdir -p "$STORE"
+    local used
+    used=$(disk_used_percent "$STORE")
+    if (( used >= 90 )); then
+        say "the file system of the store $STORE is ${used} % full, and the broker refuses every write \
+from 90 %. Free disk space there, or set ROCKETMQ_STORE_ROOT to a directory on a file system with room"
+        exit 1
+    fi
+    if (( used >= 80 )); then
+        say "warning: the file system of the store $STORE is ${used} % full; the broker may delete \
+messages early from 85 % and refuses writes from 90 % (set ROCKETMQ_STORE_ROOT to move the store)"
+    fi
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {
@@ -71,11 +118,11 @@ start() {
             exit 1
         fi
     done
-    # A fresh store each start: tests and benchmarks need no data from an earlier start, and a
-    # store grown over many runs makes the broker's start slow (it replays its commit log).
-    # `start-broker` restarts on the data this start began.
+    # The store of an earlier layout (before stores had a port in their name).
     rm -rf "$RUN/store"
-    mkdir -p "$RUN/home/conf" "$RUN/store"
+    choose_store
+    mkdir -p "$RUN/home/conf"
+    echo "$STORE" > "$RUN/store.path"
     # The broker log is appended to by restarts; a fresh start begins a fresh one.
     : > "$RUN/broker.log"
     export ROCKETMQ_HOME="$RUN/home"
@@ -84,7 +131,7 @@ start() {
 namesrvAddr = "127.0.0.1:$NAMESRV_PORT"
 brokerIp1 = "127.0.0.1"
 listenPort = $BROKER_PORT
-storePathRootDir = "$RUN/store"
+storePathRootDir = "$STORE"
 # A half message nobody ended is checked back after 2 s, then every second (defaults: 6 s and
 # 30 s), so that the tests see open transactions resolved within seconds. The ends of
 # transactions are recorded in batches (default every 3 s); that must stay well below the
@@ -104,7 +151,7 @@ brokerId = 0
 [store]
 storeType = "LocalFile"
 brokerRole = "ASYNC_MASTER"
-storePathRootDir = "$RUN/store"
+storePathRootDir = "$STORE"
 haListenAddress = "127.0.0.1"
 haListenPort = $((BROKER_PORT + 1))
 mappedFileSizeCommitLog = 67108864
@@ -118,7 +165,7 @@ TOML
     echo $! > "$RUN/namesrv.pid"
     wait_port "$NAMESRV_PORT" namesrv
     run_broker
-    say "name server 127.0.0.1:$NAMESRV_PORT, broker 127.0.0.1:$BROKER_PORT, data in $RUN"
+    say "name server 127.0.0.1:$NAMESRV_PORT, broker 127.0.0.1:$BROKER_PORT, logs in $RUN, store in $STORE"
 }
 
 # Starts the broker with the config `start` wrote; appends to its log.
@@ -182,6 +229,13 @@ stop_one() {
 stop() {
     stop_one broker
     stop_one namesrv
+    # A store on the RAM disk holds memory until removed; `start` empties the store anyway.
+    if [[ -f "$RUN/store.path" ]]; then
+        local store
+        store=$(cat "$RUN/store.path")
+        if [[ "$store" == /dev/shm/* ]]; then rm -rf "$store"; fi
+        rm -f "$RUN/store.path"
+    fi
     say "stopped"
 }
 

@@ -7,6 +7,9 @@ use rocketmq_client_rust::{ClientError, MQBrokerException, MQClientException};
 
 use crate::oms::{OmsError, OmsErrorKind, OmsStatus};
 
+/// RocketMQ's response code for a broker that refuses requests for now (`SYSTEM_BUSY`).
+const SYSTEM_BUSY: i32 = 2;
+
 /// The client's error in words: its code, and the broker's or client's own message.
 pub fn describe_client_error(error: &ClientError) -> String {
     let code = error.code().as_str().to_string();
@@ -21,9 +24,12 @@ pub fn describe_client_error(error: &ClientError) -> String {
     if let Some(io) = error.source_ref::<std::io::Error>() {
         return format!("{code}: {io}");
     }
-    match error.broker_response_code() {
-        Some(response) => format!("{code} (broker code {response}): {error:?}"),
-        None => format!("{code}: {error:?}"),
+    match (error.broker_response_code(), error.broker_addr()) {
+        // The client keeps only the code and the address of a broker's refusal (its remark is
+        // redacted), so they are all there is to say.
+        (Some(response), Some(addr)) => format!("{code} (broker {addr}, code {response})"),
+        (Some(response), None) => format!("{code} (broker code {response})"),
+        (None, _) => format!("{code}: {error:?}"),
     }
 }
 
@@ -59,6 +65,17 @@ pub(crate) fn oms_error(action: &str, name_servers: &str, error: ClientError) ->
             OmsStatus::REQUEST_TIMEOUT,
             format!("RocketMQ (name servers {name_servers}) did not answer in time; check the broker's load and log"),
         )
+    } else if broker_code == Some(SYSTEM_BUSY) {
+        (
+            OmsErrorKind::Runtime,
+            OmsStatus::SERVICE_NOT_AVAILABLE,
+            format!(
+                "the broker refuses writes for now (SYSTEM_BUSY): most often its store's disk is 90 % full or \
+                 more (RocketMQ's diskSpaceWarningLevelRatio), else its page cache is busy or it is shutting \
+                 down; free disk space where the broker keeps its store and see its log (name servers \
+                 {name_servers})"
+            ),
+        )
     } else if client_code == Some(10005) || broker_code == Some(17) {
         (
             OmsErrorKind::Destination,
@@ -77,10 +94,46 @@ pub(crate) fn oms_error(action: &str, name_servers: &str, error: ClientError) ->
     };
     let oms = OmsError::new(kind, status, format!("cannot {action}: {detail}; {advice}"))
         .with_source(error);
-    // Unreachable and unanswered calls may work once the broker is back.
+    // Unreachable, unanswered and busy brokers may take the call again later.
     if status == OmsStatus::SERVICE_NOT_AVAILABLE || status == OmsStatus::REQUEST_TIMEOUT {
         oms.transient()
     } else {
         oms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_broker_is_a_transient_error_that_points_at_the_disk() {
+        let error = ClientError::broker_operation_failed("SEND_MESSAGE", SYSTEM_BUSY, "disk full")
+            .with_broker_addr("127.0.0.1:10911");
+        let oms = oms_error("send to topic 'orders'", "127.0.0.1:9876", error);
+        assert_eq!(oms.status(), OmsStatus::SERVICE_NOT_AVAILABLE);
+        assert!(
+            oms.is_transient(),
+            "a busy broker may take writes again: {oms}"
+        );
+        let text = oms.to_string();
+        assert!(text.contains("cannot send to topic 'orders'"), "{text}");
+        assert!(text.contains("broker 127.0.0.1:10911, code 2"), "{text}");
+        assert!(text.contains("90 % full"), "{text}");
+        assert!(
+            !text.contains("ErrorContext"),
+            "no redacted debug dump: {text}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_broker_refusal_names_its_code_and_the_log() {
+        let error = ClientError::broker_operation_failed("SEND_MESSAGE", 1, "");
+        let oms = oms_error("send to topic 'orders'", "127.0.0.1:9876", error);
+        assert_eq!(oms.status(), OmsStatus::SERVER_ERROR);
+        assert!(!oms.is_transient());
+        let text = oms.to_string();
+        assert!(text.contains("broker code 1"), "{text}");
+        assert!(text.contains("see the broker's log"), "{text}");
     }
 }
