@@ -82,11 +82,14 @@ const PARTITIONS: i32 = 4;
 const BATCH: usize = 512;
 /// The most messages a read asks for (the driver asks the broker for at most 1024 a pull).
 const READ_MAX: usize = 1024;
-/// How often each case runs per side (the median run is reported).
-const RUNS: usize = 3;
+/// How often each case runs per side (the median run is reported), the sides taking turns. A
+/// run is short (about 0.3 s of sending), and on a 2-vCPU VM single runs differ by ±15 %;
+/// the median of nine paired rounds moves much less between invocations than that of three.
+const RUNS: usize = 9;
 /// Messages per throughput run (before `OMSTREAM_BENCH_SCALE`). Small enough that a full run
-/// sends about 350 MB to the broker's commit log, all sides and runs together (with a 100-byte
-/// body, a stored OMS message takes about 490 bytes there, a bare one about 380).
+/// sends about 1 GB to the broker's commit log, all sides and runs together (with a 100-byte
+/// body, a stored OMS message takes about 430 bytes there, a bare one about 380);
+/// `scripts/rocketmq.sh` keeps that store on the RAM disk when there is one.
 const COUNT_100B: usize = 40_000;
 const COUNT_1KIB: usize = 12_000;
 /// The length of one latency run.
