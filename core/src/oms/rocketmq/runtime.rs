@@ -82,17 +82,13 @@ impl DriverRuntime {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        joined(self.handle.spawn(future).await)
-    }
-
-    /// Starts `future` on the driver's runtime and returns at once; await the handle (see
-    /// [`joined`]) for its output. Dropping the handle lets the future run on.
-    pub(crate) fn spawn<F, T>(&self, future: F) -> tokio::task::JoinHandle<T>
-    where
-        F: Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.handle.spawn(future)
+        self.handle.spawn(future).await.map_err(|e| {
+            OmsError::new(
+                OmsErrorKind::Runtime,
+                OmsStatus::SERVER_ERROR,
+                format!("a RocketMQ client call failed inside the client: {e}"),
+            )
+        })
     }
 
     /// Like [`run`](Self::run), for client futures that are not `Send` (some admin and
@@ -108,20 +104,12 @@ impl DriverRuntime {
         self.handle
             .spawn_blocking(move || handle.block_on(make()))
             .await
-            .map_err(client_call_failed)
+            .map_err(|e| {
+                OmsError::new(
+                    OmsErrorKind::Runtime,
+                    OmsStatus::SERVER_ERROR,
+                    format!("a RocketMQ client call failed inside the client: {e}"),
+                )
+            })
     }
-}
-
-/// The output of a client call spawned on the driver's runtime, or the error of a call that
-/// panicked or was cancelled there.
-pub(crate) fn joined<T>(joined: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
-    joined.map_err(client_call_failed)
-}
-
-fn client_call_failed(e: tokio::task::JoinError) -> OmsError {
-    OmsError::new(
-        OmsErrorKind::Runtime,
-        OmsStatus::SERVER_ERROR,
-        format!("a RocketMQ client call failed inside the client: {e}"),
-    )
 }

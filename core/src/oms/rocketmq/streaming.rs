@@ -16,19 +16,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rocketmq_client_rust::{
     ClientError, DefaultLitePullConsumer, DefaultMQPullConsumer, MessageSelector, PullOptions,
-    PullResult, ReadOffsetType,
+    ReadOffsetType,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::result::PullStatus;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 
 use super::access_point::Settings;
 use super::error::oms_error;
 use super::header::{topic_of, Decoder};
 use super::resource::explain_missing_route;
-use super::runtime::{driver_runtime, joined};
+use super::runtime::driver_runtime;
 use crate::oms::{
     now_millis, LifecycleCell, Message, OmsError, OmsErrorKind, OmsStatus, PartitionReader,
     QueueMetaData, Result, SeekPosition, ServiceLifeState, ServiceLifecycle, StreamingConsumer,
@@ -267,7 +266,6 @@ impl StreamingConsumer for RocketMqStreamingConsumer {
             mq,
             offset,
             decoder: Decoder::default(),
-            next: None,
         }))
     }
 
@@ -350,12 +348,6 @@ impl StreamingConsumer for RocketMqStreamingConsumer {
 }
 
 /// Reads one message queue from its own offset.
-///
-/// While data flows, the reader keeps the next pull in flight: when a pull finds messages, the
-/// pull from the offset after them starts at once on the driver's runtime, so the broker's
-/// answer travels while the caller works on the batch it got (the bare pull consumer waits for
-/// each pull in turn). The position stays that of the messages handed out; a prefetched pull
-/// that does not fit the next call (another `max`) is dropped and pulled again.
 pub(crate) struct RocketMqReader {
     pull: DefaultMQPullConsumer,
     name_servers: String,
@@ -365,24 +357,6 @@ pub(crate) struct RocketMqReader {
     mq: MessageQueue,
     offset: i64,
     decoder: Decoder,
-    next: Option<Prefetch>,
-}
-
-/// A pull started ahead of the call that wants it.
-struct Prefetch {
-    /// The offset and most messages it asked for.
-    offset: i64,
-    max: i32,
-    pull: JoinHandle<std::result::Result<PullResult, ClientError>>,
-}
-
-impl Drop for RocketMqReader {
-    fn drop(&mut self) {
-        // Nobody will read its answer; the consumer's shutdown need not wait for it.
-        if let Some(prefetch) = self.next.take() {
-            prefetch.pull.abort();
-        }
-    }
 }
 
 impl std::fmt::Debug for RocketMqReader {
@@ -396,76 +370,34 @@ impl std::fmt::Debug for RocketMqReader {
 }
 
 impl RocketMqReader {
-    /// Starts a pull of up to `max` messages from `offset`; the broker holds it up to `wait`
-    /// when it has nothing.
-    fn start_pull(
-        &self,
-        offset: i64,
-        max: i32,
-        wait: Duration,
-    ) -> Result<JoinHandle<std::result::Result<PullResult, ClientError>>> {
+    /// One pull: what the broker has from the reader's offset, waiting up to `wait` (held by
+    /// the broker) when it has nothing.
+    async fn pull_once(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
         let pull = self.pull.clone();
         let mq = self.mq.clone();
-        let timeout = Duration::from_millis(self.timeout_ms) + wait;
-        Ok(driver_runtime()?.spawn(async move {
-            // The broker holds a pull that finds nothing for up to `wait` (at least 1 ms: the
-            // client refuses 0).
-            let options = PullOptions::new(mq, MessageSelector::by_tag("*"), offset, max)?
-                .timeout(timeout)
-                .broker_suspend_timeout(wait.max(Duration::from_millis(1)))
-                .block_if_not_found(!wait.is_zero());
-            pull.pull_with_options(options).await
-        }))
-    }
-
-    /// One pull: what the broker has from the reader's offset, waiting up to `wait` when it
-    /// has nothing. A pull already in flight from this offset is used if it answers within
-    /// `wait`; if not, it stays in flight and the call returns nothing.
-    async fn pull_once(&mut self, max: usize, wait: Duration) -> Result<Vec<Message>> {
+        let offset = self.offset;
         let max = max.clamp(1, 1024) as i32;
-        // A fresh pull is awaited to its end: the client's own timeout (`timeout_ms` past the
-        // broker's hold) ends it with an error that says what is wrong. A prefetched one may be
-        // held at the broker for longer than this call may wait, so it is awaited for `wait`.
-        let fresh_limit = wait + Duration::from_millis(self.timeout_ms) + Duration::from_secs(1);
-        let (mut pull, limit) = match self.next.take() {
-            Some(prefetch) if prefetch.offset == self.offset && prefetch.max == max => {
-                (prefetch.pull, wait)
-            }
-            Some(stale) => {
-                stale.pull.abort();
-                (self.start_pull(self.offset, max, wait)?, fresh_limit)
-            }
-            None => (self.start_pull(self.offset, max, wait)?, fresh_limit),
-        };
-        // `timeout` looks at the pull before the clock, so a finished prefetch is taken even
-        // when `wait` is zero.
-        let answer = match tokio::time::timeout(limit, &mut pull).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                self.next = Some(Prefetch {
-                    offset: self.offset,
-                    max,
-                    pull,
-                });
-                return Ok(Vec::new());
-            }
-        };
-        let result = joined(answer)?.map_err(|e| {
-            oms_error(
-                &format!("read {}", describe(&self.mq)),
-                &self.name_servers,
-                e,
-            )
-        })?;
+        let timeout = Duration::from_millis(self.timeout_ms) + wait;
+        let result = driver_runtime()?
+            .run(async move {
+                // The broker holds a pull that finds nothing for up to `wait` (at least 1 ms:
+                // the client refuses 0).
+                let options = PullOptions::new(mq, MessageSelector::by_tag("*"), offset, max)?
+                    .timeout(timeout)
+                    .broker_suspend_timeout(wait.max(Duration::from_millis(1)))
+                    .block_if_not_found(!wait.is_zero());
+                pull.pull_with_options(options).await
+            })
+            .await?
+            .map_err(|e| {
+                oms_error(
+                    &format!("read {}", describe(&self.mq)),
+                    &self.name_servers,
+                    e,
+                )
+            })?;
         match result.pull_status() {
             PullStatus::Found => {
-                self.offset = result.next_begin_offset() as i64;
-                // The next pull travels while the caller works on this batch.
-                self.next = Some(Prefetch {
-                    offset: self.offset,
-                    max,
-                    pull: self.start_pull(self.offset, max, LONG_POLL)?,
-                });
                 let now = now_millis();
                 let found = result.msg_found_list().unwrap_or_default();
                 let mut messages = Vec::with_capacity(found.len());
@@ -480,6 +412,7 @@ impl RocketMqReader {
                         messages.push(message);
                     }
                 }
+                self.offset = result.next_begin_offset() as i64;
                 Ok(messages)
             }
             PullStatus::NoNewMsg | PullStatus::NoMatchedMsg => {
