@@ -29,7 +29,10 @@ pub fn describe_client_error(error: &ClientError) -> String {
         // redacted), so they are all there is to say.
         (Some(response), Some(addr)) => format!("{code} (broker {addr}, code {response})"),
         (Some(response), None) => format!("{code} (broker code {response})"),
-        (None, _) => format!("{code}: {error:?}"),
+        // The rest of the client's debug form is redacted context; the error stays the OMS
+        // error's source for callers that want it.
+        (None, Some(addr)) => format!("{code} (broker {addr})"),
+        (None, None) => code,
     }
 }
 
@@ -135,5 +138,23 @@ mod tests {
         let text = oms.to_string();
         assert!(text.contains("broker code 1"), "{text}");
         assert!(text.contains("see the broker's log"), "{text}");
+    }
+
+    #[test]
+    fn client_errors_read_as_their_code_and_broker_without_the_debug_dump() {
+        let refused = ClientError::broker_operation_failed("SEND_MESSAGE", 1, "")
+            .with_broker_addr("127.0.0.1:10911");
+        assert_eq!(
+            describe_client_error(&refused),
+            "broker.operation.failed (broker 127.0.0.1:10911, code 1)"
+        );
+        let unresolved = ClientError::dns_failed();
+        let text = describe_client_error(&unresolved);
+        assert_eq!(text, unresolved.code().as_str(), "only the code: {text}");
+        let oms = oms_error("read topic 'orders'", "ns1:9876", unresolved);
+        assert_eq!(oms.status(), OmsStatus::SERVICE_NOT_AVAILABLE);
+        assert!(oms
+            .to_string()
+            .contains("cannot reach RocketMQ (name servers ns1:9876)"));
     }
 }
