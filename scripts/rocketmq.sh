@@ -48,14 +48,10 @@ install() {
         rocketmq-namesrv@"$VERSION" rocketmq-broker@"$VERSION"
 }
 
-# Percent of the file system holding $1 that is in use, counted as the broker counts it: (size -
-# available) / size, so blocks reserved for root count as used.
-disk_used_percent() {
-    df -P -k "$1" | awk 'NR == 2 { printf "%d", ($2 - $4) * 100 / $2 }'
-}
-
-disk_available_kib() {
-    df -P -k "$1" | awk 'NR == 2 { print $4 }'
+# "<percent used> <KiB available>" of the file system holding $1, the percentage counted as the
+# broker counts it: (size - available) / size, so blocks reserved for root count as used.
+disk_usage() {
+    df -P -k "$1" | awk 'NR == 2 { printf "%d %d\n", ($2 - $4) * 100 / $2, $4 }'
 }
 
 # Where the store goes. The broker refuses every write (SYSTEM_BUSY, broker code 2) once its file
@@ -68,7 +64,7 @@ choose_store() {
     if [[ -n "${ROCKETMQ_STORE_ROOT:-}" ]]; then
         root=$ROCKETMQ_STORE_ROOT
     elif [[ -d /dev/shm && -w /dev/shm ]] && [[ "$(stat -f -c %T /dev/shm)" == tmpfs ]] \
-        && (( $(disk_available_kib /dev/shm) >= 4 * 1024 * 1024 )); then
+        && read -r _ available < <(disk_usage /dev/shm) && (( available >= 4 * 1024 * 1024 )); then
         root=/dev/shm
     else
         root=$RUN
@@ -79,8 +75,14 @@ choose_store() {
     # `start-broker` restarts on the data this start began.
     rm -rf "$STORE"
     mkdir -p "$STORE"
+    check_store_disk
+}
+
+# Stops when the store's file system is too full for the broker to take writes; warns when it
+# is close.
+check_store_disk() {
     local used
-    used=$(disk_used_percent "$STORE")
+    read -r used _ < <(disk_usage "$STORE")
     if (( used >= 90 )); then
         say "the file system of the store $STORE is ${used} % full, and the broker refuses every write \
 from 90 %. Free disk space there, or set ROCKETMQ_STORE_ROOT to a directory on a file system with room"
