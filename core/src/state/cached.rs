@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::StateError;
-use super::store::{StateStore, VersionedWrite};
+use super::store::StateStore;
 use super::SnapshotStats;
 use crate::runtime::{key_group, stable_hash, ProcessingClock, KEY_GROUPS};
 
@@ -108,8 +108,8 @@ pub(crate) fn key_groups_of(index: usize, parallelism: usize) -> RangeInclusive<
 
 impl<K, V> CachedTable<K, V>
 where
-    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
-    V: Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     pub(crate) fn new(
         name: &str,
@@ -159,10 +159,6 @@ where
         }
     }
 
-    fn prefix(durable: &Durable, key_bytes: &[u8], key: &K) -> Vec<u8> {
-        StateStore::key_prefix(durable.state_id, key_group(stable_hash(key)), key_bytes)
-    }
-
     fn decode_value(&self, bytes: &[u8]) -> (i64, V) {
         let expires_at = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
         let value = rmp_serde::from_slice(&bytes[8..])
@@ -179,13 +175,14 @@ where
         let scanned = self.scanned.borrow_mut().remove(key);
         let bytes = match scanned {
             Some(bytes) => bytes,
-            None => {
-                let prefix = Self::prefix(durable, &self.encode_key(key), key);
-                durable
-                    .store
-                    .read(&prefix)
-                    .unwrap_or_else(|e| panic!("state '{}': {e}", self.name))?
-            }
+            None => durable
+                .store
+                .read(
+                    durable.state_id,
+                    key_group(stable_hash(key)) as u16,
+                    &self.encode_key(key),
+                )
+                .unwrap_or_else(|e| panic!("state '{}': {e}", self.name))?,
         };
         let (expires_at, value) = self.decode_value(&bytes);
         (expires_at > self.now()).then_some((expires_at, value))
@@ -389,8 +386,14 @@ where
         if self.table.len() < self.capacity {
             return;
         }
-        let epoch = self.durable.as_ref().map_or(0, |d| d.epoch);
-        self.write_dirty(epoch)
+        let Some(durable) = self.durable.clone() else {
+            return;
+        };
+        self.write_dirty(durable.epoch);
+        // The cache is emptied: what it held must be readable from the store first.
+        durable
+            .store
+            .wait_applied()
             .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
         self.table.clear();
         // What was cached is now only in the store.
@@ -412,47 +415,22 @@ where
         self.sweep_at = (self.table.len() * 2).max(SWEEP_MIN);
     }
 
-    /// Writes the dirty entries as versions of `epoch`.
-    fn write_dirty(&mut self, epoch: u64) -> Result<SnapshotStats, StateError> {
+    /// Hands the dirty entries to the store's writer as changes of `epoch` (the writer
+    /// encodes and writes them; the table only copies them).
+    fn write_dirty(&mut self, epoch: u64) -> SnapshotStats {
         let Some(durable) = self.durable.clone() else {
-            return Ok(SnapshotStats::default());
+            return SnapshotStats::default();
         };
-        let mut writes = Vec::new();
-        let mut new_keys = Vec::new();
+        let mut changes: Vec<(K, Option<V>, i64)> = Vec::new();
         for (key, slot) in self.table.iter_mut().filter(|(_, s)| s.dirty) {
+            slot.dirty = false;
             if slot.value.is_none() && !slot.stored {
                 // Created and deleted since the last write: nothing to write (the slot goes).
-                slot.dirty = false;
                 continue;
             }
-            let key_bytes = rmp_serde::to_vec(key).map_err(|e| StateError::Codec {
-                state: self.name.clone(),
-                action: "encode",
-                message: e.to_string(),
-            })?;
-            let value = match &slot.value {
-                Some(value) => {
-                    let mut bytes = slot.expires_at.to_be_bytes().to_vec();
-                    rmp_serde::encode::write(&mut bytes, value).map_err(|e| StateError::Codec {
-                        state: self.name.clone(),
-                        action: "encode",
-                        message: e.to_string(),
-                    })?;
-                    bytes
-                }
-                None => Vec::new(),
-            };
-            writes.push(VersionedWrite {
-                prefix: Self::prefix(&durable, &key_bytes, key),
-                value,
-            });
-            new_keys.push(!slot.stored);
-            slot.dirty = false;
+            changes.push((key.clone(), slot.value.clone(), slot.expires_at));
             slot.stored = true;
         }
-        let bytes = durable
-            .store
-            .write_versions(epoch, &writes, |i| new_keys[i])?;
         // Written deletions need no slot any more (nor unwritten ones).
         let mut dropped_written = false;
         self.table.retain(|(_, slot)| {
@@ -462,10 +440,15 @@ where
         if dropped_written {
             self.uncached_unwritten = false;
         }
-        Ok(SnapshotStats {
-            entries: writes.len() as u64,
-            bytes,
-        })
+        let entries = changes.len() as u64;
+        if !changes.is_empty() {
+            let name = self.name.clone();
+            durable.store.submit(Box::new(move |shared| {
+                let groups = encode_changes(&name, changes)?;
+                shared.write_changes(durable.state_id, epoch, groups)
+            }));
+        }
+        SnapshotStats { entries, bytes: 0 }
     }
 
     /// Writes what changed since the last snapshot as versions of checkpoint `epoch`; later
@@ -476,11 +459,40 @@ where
                 state: self.name.clone(),
             });
         }
-        let stats = self.write_dirty(epoch)?;
+        let stats = self.write_dirty(epoch);
         if let Some(durable) = &mut self.durable {
             durable.epoch = epoch + 1;
         }
         self.scanned.get_mut().clear();
         Ok(stats)
     }
+}
+
+/// Encodes a snapshot's changes of one state, per key group (on the store's writer thread):
+/// key bytes, and value bytes as expiry time (8 bytes) then the value (empty: a deletion).
+#[allow(clippy::type_complexity)]
+fn encode_changes<K: Hash + Serialize, V: Serialize>(
+    state: &str,
+    changes: Vec<(K, Option<V>, i64)>,
+) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>, StateError> {
+    let codec = |e: rmp_serde::encode::Error| StateError::Codec {
+        state: state.to_string(),
+        action: "encode",
+        message: e.to_string(),
+    };
+    let mut groups: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..KEY_GROUPS).map(|_| Vec::new()).collect();
+    for (key, value, expires_at) in changes {
+        let key_bytes = rmp_serde::to_vec(&key).map_err(codec)?;
+        let value_bytes = match value {
+            Some(value) => {
+                let mut bytes = Vec::with_capacity(16);
+                bytes.extend_from_slice(&expires_at.to_be_bytes());
+                rmp_serde::encode::write(&mut bytes, &value).map_err(codec)?;
+                bytes
+            }
+            None => Vec::new(),
+        };
+        groups[key_group(stable_hash(&key)) as usize].push((key_bytes, value_bytes));
+    }
+    Ok(groups)
 }

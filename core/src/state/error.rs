@@ -21,6 +21,15 @@ pub enum StateError {
         /// The database's path.
         path: PathBuf,
     },
+    /// A write handed to the store's writer thread failed: changes since the last complete
+    /// checkpoint may be lost, so the job must restart from it.
+    #[error("state store {path}: a background write failed ({message}); the job restarts from its last complete checkpoint")]
+    WriteFailed {
+        /// The database's path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Something in the state directory is not what omstream wrote.
     #[error("state store {path}: {what}")]
     Corrupt {

@@ -11,11 +11,13 @@
 //! through [`Operator::keyed_state`](crate::runtime::Operator::keyed_state).
 
 mod cached;
+mod compaction;
 mod durable;
 mod error;
 mod heap;
 #[cfg(test)]
 mod model_tests;
+mod run;
 mod store;
 
 use std::fmt;
@@ -188,7 +190,7 @@ impl DurableBackend {
     fn table<K, V>(&self, subtask: &SubtaskInfo, name: &str, ttl: Option<Ttl>) -> CachedTable<K, V>
     where
         K: StateKey,
-        V: Serialize + DeserializeOwned,
+        V: Clone + Send + Serialize + DeserializeOwned + 'static,
     {
         let state_id = self
             .store
@@ -227,7 +229,9 @@ impl StateOptions {
 }
 
 /// Memory-only state with a TTL: a cached table without a store, as many entries as needed.
-fn heap_table<K: StateKey, V: Serialize + DeserializeOwned>(ttl: Ttl) -> CachedTable<K, V> {
+fn heap_table<K: StateKey, V: Clone + Send + Serialize + DeserializeOwned + 'static>(
+    ttl: Ttl,
+) -> CachedTable<K, V> {
     CachedTable::new("heap", None, Some(ttl), usize::MAX)
 }
 

@@ -1,77 +1,114 @@
-//! The durable half of keyed state: versioned entries in one sled database per job.
+//! The durable half of keyed state: sorted runs in one sled database per job, written by a
+//! background writer.
 //!
-//! Every state of every operator lives in one tree. A data key is
+//! A snapshot's changes of one state are written per key group as one *run* (see
+//! [`run`](super::run)): the entries sorted by key, cut into chunks of about 32 KB, each chunk
+//! one sled value. A checkpoint of a million changed keys is so a few hundred sled writes, not a
+//! million. A run is tagged with the epoch of the checkpoint that contains it: what an operator
+//! changes after barrier `n - 1` is written, at barrier `n` (or when its cache overflows
+//! before), as epoch `n`. The state as of checkpoint `n` is therefore, per key, its entry in
+//! the newest run at or below `n`; an empty value is a deletion.
 //!
-//! ```text
-//! state id (u32) | key group (u16) | key length (u32) | key bytes | !epoch (u64)
-//! ```
+//! The operator's task only hands the changed entries to the store's writer thread (see
+//! [`StateStore::submit`]); encoding, sorting and writing happen there, off the critical path.
+//! Reads wait for the writes handed over before them, and [`StateStore::flush`], which the
+//! checkpoint coordinator calls before it writes a checkpoint record, waits for every write.
 //!
-//! all big-endian, so the versions of one key sit together, newest first (the epoch is stored
-//! inverted). A version is tagged with the epoch of the checkpoint that contains it: what an
-//! operator changes after barrier `n - 1` is written, at barrier `n` (or when its cache
-//! overflows before), as version `n`. The state as of checkpoint `n` is therefore, per key, the
-//! newest version at or below `n`; an empty value is a deletion.
-//!
-//! Restoring checkpoint `n` after a crash does not rewrite anything: the epochs the crashed run
-//! had started after `n` are recorded as *aborted*, reads skip versions in aborted ranges, and
-//! the new run tags its writes with epochs above every epoch ever started. Old versions are
-//! removed when their key is written again and a newer version is old enough that no retained
-//! checkpoint needs them (the *floor*: the oldest retained checkpoint).
+//! Restoring checkpoint `n` after a crash rewrites nothing: the epochs the crashed run had
+//! started after `n` are recorded as *aborted*, their runs are dropped, and the new run tags
+//! its writes with epochs above every epoch ever started. Runs no retained checkpoint tells
+//! apart (at or below the *floor*, the oldest retained checkpoint) are merged by the writer
+//! when it is idle (see [`compaction`](super::compaction)), so a key is found in a handful of runs.
 
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
+use sled::IVec;
 
 use super::error::StateError;
+use super::run::{group_prefix, Chunk, ChunkBuilder, RunKey, RunMeta, RUN_ID};
 
-/// Which versions reads may see, and which old versions writes may remove.
+/// Which runs reads may see, and which runs may be merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Visibility {
     /// Epochs started by a run that crashed after its last complete checkpoint (inclusive).
     pub(crate) aborted: Vec<(u64, u64)>,
-    /// The oldest retained checkpoint: of the versions at or below it, only the newest is
-    /// still needed.
+    /// The oldest retained checkpoint: of the entries at or below it, only the newest of
+    /// each key is still needed.
     pub(crate) floor: u64,
 }
 
 impl Visibility {
-    fn is_aborted(&self, epoch: u64) -> bool {
+    pub(crate) fn is_aborted(&self, epoch: u64) -> bool {
         self.aborted
             .iter()
             .any(|&(low, high)| (low..=high).contains(&epoch))
     }
 }
 
-const DATA_TREE: &str = "state";
+/// The runs of every state and key group, newest first.
+pub(crate) type Manifest = BTreeMap<(u32, u16), Vec<RunMeta>>;
+
+/// Work for the writer thread.
+pub(crate) type WriteJob = Box<dyn FnOnce(&Shared) -> Result<(), StateError> + Send>;
+
+/// Chunks of every run.
+const RUNS_TREE: &str = "runs";
+/// One entry per run: run id -> entries, bytes.
+const MANIFEST_TREE: &str = "manifest";
 const META_TREE: &str = "meta";
+/// Where an earlier layout (one sled entry per key and version) kept its data.
+const LEGACY_TREE: &str = "state";
 const META_VISIBILITY: &[u8] = b"visibility";
 const META_LAST_TRIGGERED: &[u8] = b"last-triggered-epoch";
 const META_NEXT_STATE_ID: &[u8] = b"next-state-id";
 const META_STATE_PREFIX: &[u8] = b"state-id:";
-/// Fixed part of a data key before the key bytes: state id, key group, key length.
-const HEADER: usize = 4 + 2 + 4;
+
+/// How far the writer has got with the jobs handed to it.
+#[derive(Debug, Default)]
+struct Progress {
+    applied: u64,
+    /// The first write that failed: every later wait reports it (the job must restart from
+    /// its last checkpoint, since a write is lost).
+    failure: Option<String>,
+}
+
+/// What the store's handle and its writer thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) path: PathBuf,
+    db: sled::Db,
+    runs: sled::Tree,
+    manifest_tree: sled::Tree,
+    meta: sled::Tree,
+    /// Lock order: `visibility` before `manifest`.
+    pub(crate) visibility: RwLock<Visibility>,
+    pub(crate) manifest: RwLock<Manifest>,
+    next_seq: AtomicU32,
+    /// Bytes of runs written for snapshots since [`StateStore::take_written_bytes`].
+    written: AtomicU64,
+    progress: Mutex<Progress>,
+    progressed: Condvar,
+    /// Held by a merge and by [`StateStore::begin_run`]: they change the same runs.
+    pub(crate) merging: Mutex<()>,
+    /// A merge failed: the writer stops merging (reads stay correct, only slower).
+    merge_failed: AtomicBool,
+}
 
 /// The keyed state of one job, in sled under the job's state directory.
 #[derive(Debug)]
 pub struct StateStore {
-    path: PathBuf,
-    db: sled::Db,
-    data: sled::Tree,
-    meta: sled::Tree,
-    visibility: RwLock<Visibility>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<(mpsc::Sender<WriteJob>, std::thread::JoinHandle<()>)>>,
+    /// Jobs handed to the writer so far.
+    submitted: AtomicU64,
     /// Serializes state id allocation.
-    ids: std::sync::Mutex<()>,
-}
-
-/// One versioned write of a snapshot.
-#[derive(Debug, Clone)]
-pub(crate) struct VersionedWrite {
-    /// The key's prefix (see [`StateStore::key_prefix`]).
-    pub(crate) prefix: Vec<u8>,
-    /// The new value; empty for a deletion.
-    pub(crate) value: Vec<u8>,
+    ids: Mutex<()>,
 }
 
 /// Whether sled failed to open because another handle holds the database's file lock.
@@ -83,6 +120,18 @@ fn is_locked(error: &sled::Error) -> bool {
         }
         _ => false,
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl StateStore {
@@ -114,70 +163,120 @@ impl StateStore {
                 Err(e) => return Err(StateError::store(&path, e)),
             }
         };
-        let data = db
-            .open_tree(DATA_TREE)
-            .map_err(|e| StateError::store(&path, e))?;
-        let meta = db
-            .open_tree(META_TREE)
-            .map_err(|e| StateError::store(&path, e))?;
-        let visibility = match meta
-            .get(META_VISIBILITY)
-            .map_err(|e| StateError::store(&path, e))?
+        let err = |e| StateError::store(&path, e);
+        if db
+            .tree_names()
+            .iter()
+            .any(|name| name == LEGACY_TREE.as_bytes())
+            && !db.open_tree(LEGACY_TREE).map_err(err)?.is_empty()
         {
+            return Err(StateError::Corrupt {
+                path: path.clone(),
+                what: "the state was written by an older omstream, whose layout this version \
+                       does not read; start the job afresh (remove the state directory, or \
+                       give the job a new one)"
+                    .into(),
+            });
+        }
+        let runs = db.open_tree(RUNS_TREE).map_err(err)?;
+        let manifest_tree = db.open_tree(MANIFEST_TREE).map_err(err)?;
+        let meta = db.open_tree(META_TREE).map_err(err)?;
+        let visibility = match meta.get(META_VISIBILITY).map_err(err)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
                 path: path.clone(),
                 what: format!("the state visibility record is unreadable ({e})"),
             })?,
             None => Visibility::default(),
         };
-        Ok(StateStore {
+        let mut manifest = Manifest::new();
+        let mut next_seq = 0;
+        for entry in manifest_tree.iter() {
+            let (id, value) = entry.map_err(err)?;
+            let run = RunMeta::decode(&id, &value).ok_or_else(|| StateError::Corrupt {
+                path: path.clone(),
+                what: "a run of the state manifest is unreadable".into(),
+            })?;
+            next_seq = next_seq.max(run.key.seq.saturating_add(1));
+            // The tree is in run id order: newest first within a group.
+            manifest
+                .entry((run.key.state, run.key.key_group))
+                .or_default()
+                .push(run);
+        }
+        let shared = Arc::new(Shared {
             path,
             db,
-            data,
+            runs,
+            manifest_tree,
             meta,
             visibility: RwLock::new(visibility),
-            ids: std::sync::Mutex::new(()),
+            manifest: RwLock::new(manifest),
+            next_seq: AtomicU32::new(next_seq),
+            written: AtomicU64::new(0),
+            progress: Mutex::new(Progress::default()),
+            progressed: Condvar::new(),
+            merging: Mutex::new(()),
+            merge_failed: AtomicBool::new(false),
+        });
+        let (sender, jobs) = mpsc::channel();
+        let writer = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("omstream-state-writer".into())
+            .spawn(move || writer_loop(&writer, &jobs))
+            .map_err(|e| StateError::Corrupt {
+                path: shared.path.clone(),
+                what: format!("cannot start the state writer thread ({e})"),
+            })?;
+        Ok(StateStore {
+            shared,
+            writer: Mutex::new(Some((sender, thread))),
+            submitted: AtomicU64::new(0),
+            ids: Mutex::new(()),
         })
     }
 
     /// Where the database lives.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     fn err(&self, error: sled::Error) -> StateError {
-        StateError::store(&self.path, error)
+        StateError::store(&self.shared.path, error)
     }
 
     /// The id of state `name` of operator `operator`, allocated on first use and the same in
     /// every later run (so state is found again after a restart, at any parallelism).
     pub fn state_id(&self, operator: &str, name: &str) -> Result<u32, StateError> {
+        let meta = &self.shared.meta;
         let mut meta_key = META_STATE_PREFIX.to_vec();
         meta_key.extend_from_slice(operator.as_bytes());
         meta_key.push(0);
         meta_key.extend_from_slice(name.as_bytes());
-        let _guard = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = self.meta.get(&meta_key).map_err(|e| self.err(e))? {
+        let _guard = lock(&self.ids);
+        if let Some(id) = meta.get(&meta_key).map_err(|e| self.err(e))? {
             return Ok(u32_of(&id));
         }
-        let next = self
+        let next = self.next_state_id()?;
+        meta.insert(META_NEXT_STATE_ID, &(next + 1).to_be_bytes())
+            .map_err(|e| self.err(e))?;
+        meta.insert(meta_key, &next.to_be_bytes())
+            .map_err(|e| self.err(e))?;
+        Ok(next)
+    }
+
+    fn next_state_id(&self) -> Result<u32, StateError> {
+        Ok(self
+            .shared
             .meta
             .get(META_NEXT_STATE_ID)
             .map_err(|e| self.err(e))?
-            .map_or(0, |b| u32_of(&b));
-        self.meta
-            .insert(META_NEXT_STATE_ID, &(next + 1).to_be_bytes())
-            .map_err(|e| self.err(e))?;
-        self.meta
-            .insert(meta_key, &next.to_be_bytes())
-            .map_err(|e| self.err(e))?;
-        Ok(next)
+            .map_or(0, |b| u32_of(&b)))
     }
 
     /// The `(operator, state)` names of every state ever created in this database.
     pub fn state_names(&self) -> Result<Vec<(String, String)>, StateError> {
         let mut names = Vec::new();
-        for entry in self.meta.scan_prefix(META_STATE_PREFIX) {
+        for entry in self.shared.meta.scan_prefix(META_STATE_PREFIX) {
             let (key, _) = entry.map_err(|e| self.err(e))?;
             let rest = &key[META_STATE_PREFIX.len()..];
             if let Some(split) = rest.iter().position(|&b| b == 0) {
@@ -190,143 +289,111 @@ impl StateStore {
         Ok(names)
     }
 
-    /// The prefix of every version of one key: state id, key group, key length, key bytes.
-    pub(crate) fn key_prefix(state_id: u32, key_group: u32, key: &[u8]) -> Vec<u8> {
-        let mut prefix = Vec::with_capacity(HEADER + key.len() + 8);
-        prefix.extend_from_slice(&state_id.to_be_bytes());
-        prefix.extend_from_slice(&(key_group as u16).to_be_bytes());
-        prefix.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        prefix.extend_from_slice(key);
-        prefix
+    /// Hands `job` to the writer thread; jobs run one at a time, in the order handed over.
+    /// A failure is reported by the next read, wait or [`flush`](Self::flush).
+    pub(crate) fn submit(&self, job: WriteJob) {
+        let writer = lock(&self.writer);
+        let (sender, _) = writer
+            .as_ref()
+            .expect("the writer runs while the store is open");
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::SendError(job)) = sender.send(job) {
+            // The writer thread is gone (it only ends with the store): do the job here.
+            let result = job(&self.shared);
+            self.shared.applied(result);
+        }
     }
 
-    /// The newest visible version of the key with this prefix; `None` when it has none or the
-    /// newest is a deletion.
-    pub(crate) fn read(&self, prefix: &[u8]) -> Result<Option<sled::IVec>, StateError> {
-        let visibility = self.visibility.read().unwrap_or_else(|p| p.into_inner());
-        for entry in self.data.scan_prefix(prefix) {
-            let (key, value) = entry.map_err(|e| self.err(e))?;
-            if key.len() != prefix.len() + 8 {
-                continue;
+    /// Waits until every job handed to the writer so far has been applied.
+    pub(crate) fn wait_applied(&self) -> Result<(), StateError> {
+        let target = self.submitted.load(Ordering::SeqCst);
+        let mut progress = lock(&self.shared.progress);
+        while progress.applied < target && progress.failure.is_none() {
+            progress = self
+                .shared
+                .progressed
+                .wait(progress)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        match &progress.failure {
+            Some(message) => Err(StateError::WriteFailed {
+                path: self.shared.path.clone(),
+                message: message.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The newest visible value of `key` (its encoded bytes) in state `state` and key group
+    /// `key_group`; `None` when it has none or the newest entry is a deletion.
+    pub(crate) fn read(
+        &self,
+        state: u32,
+        key_group: u16,
+        key: &[u8],
+    ) -> Result<Option<IVec>, StateError> {
+        self.wait_applied()?;
+        let shared = &self.shared;
+        let visibility = read(&shared.visibility);
+        let manifest = read(&shared.manifest);
+        let Some(runs) = manifest.get(&(state, key_group)) else {
+            return Ok(None);
+        };
+        for run in runs.iter().filter(|r| !visibility.is_aborted(r.key.epoch)) {
+            if let Some(value) = shared.lookup(&run.key, key)? {
+                return Ok((!value.is_empty()).then_some(value));
             }
-            if visibility.is_aborted(epoch_of(&key)) {
-                continue;
-            }
-            return Ok((!value.is_empty()).then_some(value));
         }
         Ok(None)
     }
 
-    /// Writes `writes` as versions of `epoch`, and removes the versions of those keys that no
-    /// retained checkpoint needs any more. Returns the bytes written.
-    #[cfg_attr(not(test), allow(dead_code))] // the cache uses `write_versions`
-    pub(crate) fn write(&self, epoch: u64, writes: &[VersionedWrite]) -> Result<u64, StateError> {
-        self.write_versions(epoch, writes, |_| false)
-    }
-
-    /// [`write`](Self::write), told by `is_new(i)` that the key of `writes[i]` has no version
-    /// in the store at all (its caller knows): then it does not look for older versions.
-    ///
-    /// The writes are applied one by one, not as one sled batch: a checkpoint's writes need
-    /// no atomicity (a checkpoint whose writes a crash cut short never completed, so its epoch
-    /// is aborted on restore, and the versions removed are ones no retained checkpoint needs
-    /// whatever else is written), and measured with a million keys, one batch of them all
-    /// made later reads of those keys several times slower (see `benches/checkpoint.rs`).
-    pub(crate) fn write_versions(
-        &self,
-        epoch: u64,
-        writes: &[VersionedWrite],
-        is_new: impl Fn(usize) -> bool,
-    ) -> Result<u64, StateError> {
-        let visibility = self
-            .visibility
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut bytes = 0u64;
-        let mut key = Vec::new();
-        let mut obsolete = Vec::new();
-        for (i, write) in writes.iter().enumerate() {
-            key.clear();
-            key.extend_from_slice(&write.prefix);
-            key.extend_from_slice(&(!epoch).to_be_bytes());
-            bytes += (key.len() + write.value.len()) as u64;
-            if !is_new(i) {
-                // Older versions: keep those above the floor, and the newest at or below it.
-                let mut kept_one_at_floor = false;
-                for entry in self.data.scan_prefix(&write.prefix) {
-                    let (old_key, _) = entry.map_err(|e| self.err(e))?;
-                    if old_key.len() != write.prefix.len() + 8 {
-                        continue;
-                    }
-                    let old_epoch = epoch_of(&old_key);
-                    if old_epoch >= epoch {
-                        continue;
-                    }
-                    let remove = if visibility.is_aborted(old_epoch) {
-                        true
-                    } else if old_epoch > visibility.floor {
-                        false
-                    } else if kept_one_at_floor {
-                        true
-                    } else {
-                        kept_one_at_floor = true;
-                        false
-                    };
-                    if remove {
-                        obsolete.push(old_key);
-                    }
-                }
-                for old_key in obsolete.drain(..) {
-                    self.data.remove(old_key).map_err(|e| self.err(e))?;
-                }
-            }
-            self.data
-                .insert(key.as_slice(), write.value.as_slice())
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(bytes)
-    }
-
-    /// Whether the store holds no version at all (visible or not) of any key of `state_id`, in
+    /// Whether the store holds no entry at all (visible or not) of any key of `state`, in
     /// any key group.
-    pub(crate) fn is_empty(&self, state_id: u32) -> Result<bool, StateError> {
-        match self.data.scan_prefix(state_id.to_be_bytes()).next() {
-            None => Ok(true),
-            Some(entry) => entry.map(|_| false).map_err(|e| self.err(e)),
-        }
+    pub(crate) fn is_empty(&self, state: u32) -> Result<bool, StateError> {
+        self.wait_applied()?;
+        let manifest = read(&self.shared.manifest);
+        Ok(manifest
+            .range((state, 0)..=(state, u16::MAX))
+            .all(|(_, runs)| runs.is_empty()))
     }
 
-    /// The data keys of `state_id` in `key_groups`: from `start` (inclusive) to `end`.
-    fn range_of(state_id: u32, key_groups: RangeInclusive<u32>) -> (Vec<u8>, Vec<u8>) {
-        let mut start = state_id.to_be_bytes().to_vec();
-        start.extend_from_slice(&(*key_groups.start() as u16).to_be_bytes());
-        let mut end = state_id.to_be_bytes().to_vec();
-        end.extend_from_slice(&(*key_groups.end() as u16 + 1).to_be_bytes());
-        (start, end)
-    }
-
-    /// Every key of `state_id` in `key_groups` with its newest visible value (deletions left
-    /// out), as `(key bytes, value)`, in key order.
+    /// Every key of `state` in `key_groups` with its newest visible value (deletions left
+    /// out), as `(key bytes, value)`, in key order within each key group.
     ///
     /// On more than one core, the two halves of the key groups are read in parallel: a
     /// restore lists every key, and reading sled is most of its time.
     pub(crate) fn scan(
         &self,
-        state_id: u32,
+        state: u32,
         key_groups: RangeInclusive<u32>,
-    ) -> Result<Vec<(Vec<u8>, sled::IVec)>, StateError> {
-        let visibility = self.visibility.read().unwrap_or_else(|p| p.into_inner());
+    ) -> Result<Vec<(Vec<u8>, IVec)>, StateError> {
+        self.wait_applied()?;
+        let shared = &self.shared;
+        let visibility = read(&shared.visibility);
+        let manifest = read(&shared.manifest);
         let (low, high) = (*key_groups.start(), *key_groups.end());
+        let scan = |groups: RangeInclusive<u32>| -> Result<Vec<(Vec<u8>, IVec)>, StateError> {
+            let mut out = Vec::new();
+            for key_group in groups {
+                let Some(runs) = manifest.get(&(state, key_group as u16)) else {
+                    continue;
+                };
+                let visible: Vec<&RunMeta> = runs
+                    .iter()
+                    .filter(|r| !visibility.is_aborted(r.key.epoch))
+                    .collect();
+                shared.merged_entries(&visible, true, &mut out)?;
+            }
+            Ok(out)
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if high <= low || cores < 2 {
-            return self.scan_range(state_id, key_groups, &visibility);
+            return scan(key_groups);
         }
         let mid = low + (high - low) / 2;
-        let visibility: &Visibility = &visibility;
         let (first, second) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| self.scan_range(state_id, mid + 1..=high, visibility));
-            let first = self.scan_range(state_id, low..=mid, visibility);
+            let second = scope.spawn(|| scan(mid + 1..=high));
+            let first = scan(low..=mid);
             let second = second
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -337,45 +404,26 @@ impl StateStore {
         Ok(out)
     }
 
-    fn scan_range(
-        &self,
-        state_id: u32,
-        key_groups: RangeInclusive<u32>,
-        visibility: &Visibility,
-    ) -> Result<Vec<(Vec<u8>, sled::IVec)>, StateError> {
-        let mut out = Vec::new();
-        let (start, end) = Self::range_of(state_id, key_groups);
-        // The prefix of the key last decided (empty: none yet; no prefix is empty).
-        let mut current: Vec<u8> = Vec::new();
-        for entry in self.data.range(start..end) {
-            let (key, value) = entry.map_err(|e| self.err(e))?;
-            if key.len() < HEADER + 8 {
-                continue;
-            }
-            let prefix = &key[..key.len() - 8];
-            if current == prefix {
-                continue; // an older version of a key already decided
-            }
-            if visibility.is_aborted(epoch_of(&key)) {
-                continue;
-            }
-            current.clear();
-            current.extend_from_slice(prefix);
-            if !value.is_empty() {
-                out.push((prefix[HEADER..].to_vec(), value));
-            }
-        }
-        Ok(out)
+    /// Makes every write so far durable. Returns the bytes sled wrote.
+    pub fn flush(&self) -> Result<u64, StateError> {
+        self.wait_applied()?;
+        self.shared
+            .db
+            .flush()
+            .map(|b| b as u64)
+            .map_err(|e| self.err(e))
     }
 
-    /// Makes every write so far durable.
-    pub fn flush(&self) -> Result<u64, StateError> {
-        self.db.flush().map(|b| b as u64).map_err(|e| self.err(e))
+    /// Bytes of runs written for snapshots since the last call (what a checkpoint wrote, when
+    /// called after its [`flush`](Self::flush)).
+    pub fn take_written_bytes(&self) -> u64 {
+        self.shared.written.swap(0, Ordering::SeqCst)
     }
 
     /// The highest epoch a run has triggered in this database (0 when none).
     pub fn last_triggered_epoch(&self) -> Result<u64, StateError> {
         Ok(self
+            .shared
             .meta
             .get(META_LAST_TRIGGERED)
             .map_err(|e| self.err(e))?
@@ -385,26 +433,33 @@ impl StateStore {
     /// Records that epoch `epoch` was triggered. Durable before anything of it is: sled
     /// recovers a prefix of its writes, and this write comes first.
     pub fn set_last_triggered_epoch(&self, epoch: u64) -> Result<(), StateError> {
-        self.meta
+        self.shared
+            .meta
             .insert(META_LAST_TRIGGERED, &epoch.to_be_bytes())
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Prepares the database for a run that resumes from checkpoint `restored` (0: from
-    /// nothing): the epochs started after it are aborted, and the run's first epoch is
-    /// returned (above every epoch that may have versions).
+    /// nothing): the epochs started after it are aborted and their runs dropped, and the
+    /// run's first epoch is returned (above every epoch that may have runs).
     pub fn begin_run(&self, restored: u64) -> Result<u64, StateError> {
+        self.wait_applied()?;
+        let shared = &self.shared;
+        let _merging = lock(&shared.merging);
         let last = self.last_triggered_epoch()?;
         // Writes made after barrier `last` carry epoch `last + 1`.
         let highest_written = last + 1;
-        let mut visibility = self.visibility.write().unwrap_or_else(|p| p.into_inner());
+        let mut visibility = write(&shared.visibility);
         if highest_written > restored {
             visibility.aborted.push((restored + 1, highest_written));
             merge_ranges(&mut visibility.aborted);
         }
         visibility.floor = visibility.floor.min(restored);
-        self.save_visibility(&visibility)?;
+        shared.save_visibility(&visibility)?;
+        if highest_written > restored {
+            self.drop_epochs(restored + 1..=highest_written, &visibility)?;
+        }
         let first = highest_written + 1;
         drop(visibility);
         self.set_last_triggered_epoch(first - 1)?;
@@ -412,23 +467,134 @@ impl StateStore {
         Ok(first)
     }
 
-    /// Epochs started by runs that crashed before completing them (inclusive ranges).
-    pub fn aborted_epochs(&self) -> Vec<(u64, u64)> {
-        self.visibility
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .aborted
-            .clone()
-    }
-
-    /// Sets the oldest retained checkpoint: older versions may now be removed.
-    pub fn set_floor(&self, floor: u64) -> Result<(), StateError> {
-        let mut visibility = self.visibility.write().unwrap_or_else(|p| p.into_inner());
-        if floor > visibility.floor {
-            visibility.floor = floor;
-            self.save_visibility(&visibility)?;
+    /// Removes every run and chunk of the aborted `epochs`, including chunks a crash left
+    /// without their manifest entry.
+    fn drop_epochs(
+        &self,
+        epochs: RangeInclusive<u64>,
+        visibility: &Visibility,
+    ) -> Result<(), StateError> {
+        let shared = &self.shared;
+        let mut manifest = write(&shared.manifest);
+        for runs in manifest.values_mut() {
+            for run in runs.iter().filter(|r| visibility.is_aborted(r.key.epoch)) {
+                shared.remove_run(&run.key)?;
+            }
+            runs.retain(|r| !visibility.is_aborted(r.key.epoch));
+        }
+        manifest.retain(|_, runs| !runs.is_empty());
+        drop(manifest);
+        let (low, high) = (*epochs.start(), *epochs.end());
+        for state in 0..self.next_state_id()? {
+            for key_group in 0..crate::runtime::KEY_GROUPS as u16 {
+                let group = group_prefix(state, key_group);
+                let mut start = group.to_vec();
+                start.extend_from_slice(&(!high).to_be_bytes());
+                let mut end = group.to_vec();
+                end.extend_from_slice(&(!(low - 1)).to_be_bytes());
+                for entry in shared.runs.range(start..end) {
+                    let (key, _) = entry.map_err(|e| self.err(e))?;
+                    shared.runs.remove(key).map_err(|e| self.err(e))?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Epochs started by runs that crashed before completing them (inclusive ranges).
+    pub fn aborted_epochs(&self) -> Vec<(u64, u64)> {
+        read(&self.shared.visibility).aborted.clone()
+    }
+
+    /// Sets the oldest retained checkpoint: older runs may now be merged.
+    pub fn set_floor(&self, floor: u64) -> Result<(), StateError> {
+        let mut visibility = write(&self.shared.visibility);
+        if floor > visibility.floor {
+            visibility.floor = floor;
+            self.shared.save_visibility(&visibility)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StateError> {
+        self.shared.db.size_on_disk().map_err(|e| self.err(e))
+    }
+
+    /// Runs of `state` in `key_group`, newest first (for tests and benchmarks).
+    #[cfg(test)]
+    pub(crate) fn runs(&self, state: u32, key_group: u16) -> Vec<RunMeta> {
+        read(&self.shared.manifest)
+            .get(&(state, key_group))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits for every write, then lets the writer merge until it has nothing left to merge.
+    #[cfg(test)]
+    pub(crate) fn settle(&self) -> Result<(), StateError> {
+        self.wait_applied()?;
+        while self.shared.merge_one() {}
+        Ok(())
+    }
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        // The writer finishes what it was handed, then ends, and the database is closed.
+        if let Some((sender, thread)) = lock(&self.writer).take() {
+            drop(sender);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer thread: handed jobs first, merges when idle.
+fn writer_loop(shared: &Shared, jobs: &mpsc::Receiver<WriteJob>) {
+    loop {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::TryRecvError::Disconnected) => return,
+            Err(mpsc::TryRecvError::Empty) => {
+                if shared.merge_one() {
+                    continue;
+                }
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(mpsc::RecvError) => return,
+                }
+            }
+        };
+        let result = job(shared);
+        shared.applied(result);
+    }
+}
+
+impl Shared {
+    fn err(&self, error: sled::Error) -> StateError {
+        StateError::store(&self.path, error)
+    }
+
+    fn corrupt(&self, run: &RunKey) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            what: format!(
+                "a chunk of state {} (key group {}, epoch {}) is damaged; restore an older \
+                 checkpoint or start the job afresh",
+                run.state, run.key_group, run.epoch
+            ),
+        }
+    }
+
+    /// Records that a job finished.
+    fn applied(&self, result: Result<(), StateError>) {
+        let mut progress = lock(&self.progress);
+        progress.applied += 1;
+        if let Err(error) = result {
+            tracing::error!(store = %self.path.display(), %error, "a state write failed");
+            progress.failure.get_or_insert_with(|| error.to_string());
+        }
+        self.progressed.notify_all();
     }
 
     fn save_visibility(&self, visibility: &Visibility) -> Result<(), StateError> {
@@ -439,14 +605,181 @@ impl StateStore {
         Ok(())
     }
 
-    /// Bytes the database takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StateError> {
-        self.db.size_on_disk().map_err(|e| self.err(e))
+    /// A sequence number above every run's.
+    pub(crate) fn next_seq(&self) -> u32 {
+        self.next_seq.fetch_add(1, Ordering::SeqCst)
     }
-}
 
-fn epoch_of(key: &[u8]) -> u64 {
-    !u64_of(&key[key.len() - 8..])
+    /// The value `run` holds for `key` (empty: a deletion); `None` when it has none.
+    fn lookup(&self, run: &RunKey, key: &[u8]) -> Result<Option<IVec>, StateError> {
+        let id = run.id();
+        let Some(entry) = self.runs.range(run.chunk_key(key)..).next() else {
+            return Ok(None);
+        };
+        let (chunk_key, chunk) = entry.map_err(|e| self.err(e))?;
+        if !chunk_key.starts_with(&id) {
+            return Ok(None);
+        }
+        let chunk = Chunk::parse(&chunk).ok_or_else(|| self.corrupt(run))?;
+        chunk.lookup(key).map_err(|()| self.corrupt(run))
+    }
+
+    /// Every entry of `run`, in key order.
+    fn run_entries(&self, run: &RunKey) -> Result<Vec<(Vec<u8>, IVec)>, StateError> {
+        let mut out = Vec::new();
+        for entry in self.runs.scan_prefix(run.id()) {
+            let (_, bytes) = entry.map_err(|e| self.err(e))?;
+            let chunk = Chunk::parse(&bytes).ok_or_else(|| self.corrupt(run))?;
+            for i in 0..chunk.len() {
+                let key = chunk.key(i).ok_or_else(|| self.corrupt(run))?;
+                let value = chunk.value(i).ok_or_else(|| self.corrupt(run))?;
+                out.push((key.to_vec(), value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entries of `runs` (newest first) merged: per key, the newest entry, in key
+    /// order, appended to `out`. With `drop_deletions`, deletions are left out.
+    pub(crate) fn merged_entries(
+        &self,
+        runs: &[&RunMeta],
+        drop_deletions: bool,
+        out: &mut Vec<(Vec<u8>, IVec)>,
+    ) -> Result<(), StateError> {
+        match runs {
+            [] => {}
+            [run] => {
+                let entries = self.run_entries(&run.key)?;
+                out.extend(
+                    entries
+                        .into_iter()
+                        .filter(|(_, v)| !(drop_deletions && v.is_empty())),
+                );
+            }
+            _ => {
+                let mut merged: BTreeMap<Vec<u8>, IVec> = BTreeMap::new();
+                for run in runs {
+                    for (key, value) in self.run_entries(&run.key)? {
+                        merged.entry(key).or_insert(value);
+                    }
+                }
+                out.extend(
+                    merged
+                        .into_iter()
+                        .filter(|(_, v)| !(drop_deletions && v.is_empty())),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` (sorted by key, keys unique) as run `key`: its chunks, then its
+    /// manifest entry. Returns what the manifest keeps of it.
+    pub(crate) fn write_run<'a>(
+        &self,
+        key: RunKey,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<RunMeta, StateError> {
+        let mut builder = ChunkBuilder::new();
+        let mut meta = RunMeta {
+            key,
+            entries: 0,
+            bytes: 0,
+        };
+        let mut last_key: &[u8] = &[];
+        let mut write_chunk = |builder: &mut ChunkBuilder, last_key: &[u8]| {
+            let chunk = builder.finish();
+            meta.bytes += (chunk.len() + RUN_ID + last_key.len()) as u64;
+            self.runs
+                .insert(key.chunk_key(last_key), chunk)
+                .map_err(|e| self.err(e))
+                .map(drop)
+        };
+        for (entry_key, value) in entries {
+            builder.push(entry_key, value);
+            meta.entries += 1;
+            last_key = entry_key;
+            if builder.is_full() {
+                write_chunk(&mut builder, last_key)?;
+            }
+        }
+        if !builder.is_empty() {
+            write_chunk(&mut builder, last_key)?;
+        }
+        self.manifest_tree
+            .insert(key.id(), &meta.encode_value())
+            .map_err(|e| self.err(e))?;
+        Ok(meta)
+    }
+
+    /// Removes run `key`'s chunks and manifest entry (not its place in the manifest).
+    pub(crate) fn remove_run(&self, key: &RunKey) -> Result<(), StateError> {
+        self.manifest_tree
+            .remove(key.id())
+            .map_err(|e| self.err(e))?;
+        for entry in self.runs.scan_prefix(key.id()) {
+            let (chunk_key, _) = entry.map_err(|e| self.err(e))?;
+            self.runs.remove(chunk_key).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot's changes of `state` as runs of `epoch`: `groups[g]` holds key
+    /// group `g`'s `(key bytes, value bytes)` (empty value: a deletion), keys unique.
+    pub(crate) fn write_changes(
+        &self,
+        state: u32,
+        epoch: u64,
+        groups: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Result<(), StateError> {
+        for (key_group, mut entries) in groups.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let key = RunKey {
+                state,
+                key_group: key_group as u16,
+                epoch,
+                seq: self.next_seq(),
+            };
+            let meta = self.write_run(
+                key,
+                entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            )?;
+            self.written.fetch_add(meta.bytes, Ordering::SeqCst);
+            let mut manifest = write(&self.manifest);
+            let runs = manifest.entry((state, key.key_group)).or_default();
+            // Newest first: the new run goes before every older one.
+            let at = runs
+                .iter()
+                .position(|r| (r.key.epoch, r.key.seq) < (epoch, key.seq))
+                .unwrap_or(runs.len());
+            runs.insert(at, meta);
+        }
+        Ok(())
+    }
+
+    /// Merges the runs of one group that need it (see [`compaction`](super::compaction)).
+    /// Returns whether it merged anything.
+    fn merge_one(&self) -> bool {
+        if self.merge_failed.load(Ordering::SeqCst) {
+            return false;
+        }
+        match super::compaction::merge_one(self) {
+            Ok(merged) => merged,
+            Err(error) => {
+                tracing::warn!(
+                    store = %self.path.display(),
+                    %error,
+                    "merging state runs failed; reads stay correct but look at more runs"
+                );
+                self.merge_failed.store(true, Ordering::SeqCst);
+                false
+            }
+        }
+    }
 }
 
 fn u64_of(bytes: &[u8]) -> u64 {
@@ -475,120 +808,4 @@ fn merge_ranges(ranges: &mut Vec<(u64, u64)>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression: a job run again in the same process right after the first ended could find
-    /// the database still locked by sled's I/O threads, and failed to start.
-    #[test]
-    fn an_open_database_is_waited_for_then_reported_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = StateStore::open(dir.path()).unwrap();
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            drop(first);
-        });
-        let second = StateStore::open(dir.path()).expect("opened once the first let go");
-        releaser.join().unwrap();
-
-        let started = std::time::Instant::now();
-        let Err(error) = StateStore::open(dir.path()) else {
-            panic!("opened while `second` holds it");
-        };
-        assert!(started.elapsed() >= StateStore::LOCK_WAIT);
-        assert!(matches!(error, StateError::InUse { .. }), "{error:?}");
-        assert!(error.to_string().contains("in use by another running job"));
-        drop(second);
-    }
-
-    fn write(store: &StateStore, epoch: u64, key: &[u8], value: &[u8]) {
-        let prefix = StateStore::key_prefix(0, 3, key);
-        store
-            .write(
-                epoch,
-                &[VersionedWrite {
-                    prefix,
-                    value: value.to_vec(),
-                }],
-            )
-            .unwrap();
-    }
-
-    fn read(store: &StateStore, key: &[u8]) -> Option<Vec<u8>> {
-        store
-            .read(&StateStore::key_prefix(0, 3, key))
-            .unwrap()
-            .map(|v| v.to_vec())
-    }
-
-    fn versions(store: &StateStore) -> usize {
-        store.data.len()
-    }
-
-    #[test]
-    fn reads_see_the_newest_version_and_skip_aborted_epochs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        assert_eq!(store.begin_run(0).unwrap(), 2);
-        write(&store, 2, b"a", b"one");
-        write(&store, 3, b"a", b"two");
-        write(&store, 3, b"ab", b"other key");
-        assert_eq!(read(&store, b"a").as_deref(), Some(&b"two"[..]));
-        store.set_last_triggered_epoch(3).unwrap();
-        // Crash; checkpoint 2 is the latest complete one.
-        let first = store.begin_run(2).unwrap();
-        assert!(first > 4);
-        assert_eq!(read(&store, b"a").as_deref(), Some(&b"one"[..]));
-        assert_eq!(
-            read(&store, b"ab"),
-            None,
-            "written only in an aborted epoch"
-        );
-        write(&store, first, b"a", b"three");
-        assert_eq!(read(&store, b"a").as_deref(), Some(&b"three"[..]));
-        let keys = store.scan(0, 0..=127).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].0, b"a");
-    }
-
-    #[test]
-    fn deletions_hide_older_versions_and_old_versions_are_removed_below_the_floor() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        store.begin_run(0).unwrap();
-        for epoch in 2..10 {
-            write(&store, epoch, b"k", format!("v{epoch}").as_bytes());
-        }
-        assert_eq!(versions(&store), 8, "nothing removed while the floor is 0");
-        store.set_floor(7).unwrap();
-        write(&store, 10, b"k", b"v10");
-        // Kept: 10, 9, 8 (above the floor) and 7 (the newest at or below it).
-        assert_eq!(versions(&store), 4);
-        write(&store, 11, b"k", b"");
-        assert_eq!(read(&store, b"k"), None);
-    }
-
-    #[test]
-    fn state_ids_are_stable_across_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = {
-            let store = StateStore::open(dir.path()).unwrap();
-            let a = store.state_id("window", "accumulators").unwrap();
-            let b = store.state_id("join", "left").unwrap();
-            store.flush().unwrap();
-            (a, b)
-        };
-        assert_ne!(a, b);
-        let store = StateStore::open(dir.path()).unwrap();
-        assert_eq!(store.state_id("join", "left").unwrap(), b);
-        assert_eq!(store.state_id("window", "accumulators").unwrap(), a);
-        assert_eq!(store.state_names().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn ranges_merge() {
-        let mut r = vec![(5, 6), (1, 2), (3, 4), (9, 10)];
-        merge_ranges(&mut r);
-        assert_eq!(r, vec![(1, 6), (9, 10)]);
-    }
-}
+mod tests;

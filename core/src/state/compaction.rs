@@ -1,0 +1,158 @@
+//! Merging runs: what keeps a key's lookup at a handful of runs as checkpoints accumulate.
+//!
+//! Only runs at or below the floor (the oldest retained checkpoint) are merged: no retained
+//! checkpoint tells them apart, so of each key only the newest entry is kept, tagged with the
+//! newest epoch among them. Runs above the floor are left alone, since restoring a retained
+//! checkpoint needs the state as of its own epoch.
+//!
+//! The policy is size-tiered, per state and key group: starting from the newest run at or
+//! below the floor, older runs join the merge while each is at most twice the size of the
+//! runs gathered so far, so a small change is merged with other small changes, not rewritten
+//! into the whole state every checkpoint; past [`MAX_RUNS_AT_FLOOR`] runs, all of them are
+//! merged. A merge that reaches the group's oldest run also drops deletions (nothing older is
+//! left for them to hide).
+//!
+//! A merge writes the new run (chunks, then manifest entry) before it removes the runs it
+//! replaces: after a crash in between, both are there, with the same content.
+
+use std::ops::Range;
+
+use super::error::StateError;
+use super::run::{RunKey, RunMeta};
+use super::store::{read, write, Shared, Visibility};
+
+/// Most runs at or below the floor before all of them are merged, whatever their sizes.
+pub(crate) const MAX_RUNS_AT_FLOOR: usize = 6;
+
+/// Which runs (positions in `runs`, newest first) to merge, if any.
+pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<usize>> {
+    if runs.iter().any(|r| visibility.is_aborted(r.key.epoch)) {
+        // Aborted runs are dropped when the next run begins; leave the group until then.
+        return None;
+    }
+    let start = runs.iter().position(|r| r.key.epoch <= visibility.floor)?;
+    let at_floor = &runs[start..];
+    if at_floor.len() < 2 {
+        return None;
+    }
+    let count = if at_floor.len() > MAX_RUNS_AT_FLOOR {
+        at_floor.len()
+    } else {
+        let mut gathered = at_floor[0].bytes;
+        let mut count = 1;
+        while count < at_floor.len() && at_floor[count].bytes <= gathered.saturating_mul(2) {
+            gathered += at_floor[count].bytes;
+            count += 1;
+        }
+        count
+    };
+    (count >= 2).then_some(start..start + count)
+}
+
+/// Merges the runs of the first group that needs it. Returns whether it merged anything.
+pub(crate) fn merge_one(shared: &Shared) -> Result<bool, StateError> {
+    let _merging = shared.merging.lock().unwrap_or_else(|p| p.into_inner());
+    let visibility = read(&shared.visibility).clone();
+    let found = read(&shared.manifest).iter().find_map(|(&group, runs)| {
+        plan(runs, &visibility).map(|window| {
+            let reaches_oldest = window.end == runs.len();
+            (group, runs[window].to_vec(), reaches_oldest)
+        })
+    });
+    let Some(((state, key_group), window, reaches_oldest)) = found else {
+        return Ok(false);
+    };
+    let inputs: Vec<&RunMeta> = window.iter().collect();
+    let mut merged = Vec::new();
+    shared.merged_entries(&inputs, reaches_oldest, &mut merged)?;
+    let replacement = if merged.is_empty() {
+        None
+    } else {
+        let key = RunKey {
+            state,
+            key_group,
+            epoch: window[0].key.epoch,
+            seq: shared.next_seq(),
+        };
+        Some(shared.write_run(key, merged.iter().map(|(k, v)| (k.as_slice(), &v[..])))?)
+    };
+    let mut manifest = write(&shared.manifest);
+    let runs = manifest
+        .get_mut(&(state, key_group))
+        .expect("only merges change a group's older runs");
+    let at = runs
+        .iter()
+        .position(|r| r.key == window[0].key)
+        .expect("the merged runs are still listed");
+    runs.splice(at..at + window.len(), replacement);
+    for run in &window {
+        shared.remove_run(&run.key)?;
+    }
+    if runs.is_empty() {
+        manifest.remove(&(state, key_group));
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(epoch: u64, bytes: u64) -> RunMeta {
+        RunMeta {
+            key: RunKey {
+                state: 0,
+                key_group: 0,
+                epoch,
+                seq: epoch as u32,
+            },
+            entries: 1,
+            bytes,
+        }
+    }
+
+    fn visibility(floor: u64) -> Visibility {
+        Visibility {
+            aborted: Vec::new(),
+            floor,
+        }
+    }
+
+    #[test]
+    fn only_runs_at_or_below_the_floor_are_merged() {
+        let runs = [run(9, 10), run(8, 10), run(7, 10), run(6, 10)];
+        assert_eq!(plan(&runs, &visibility(5)), None);
+        assert_eq!(plan(&runs, &visibility(7)), Some(2..4));
+        assert_eq!(plan(&runs, &visibility(9)), Some(0..4));
+    }
+
+    #[test]
+    fn small_changes_merge_with_each_other_not_into_a_large_run() {
+        // A large base and one small change: nothing to do.
+        assert_eq!(plan(&[run(5, 10), run(4, 1000)], &visibility(9)), None);
+        // Two small changes merge, the base stays.
+        assert_eq!(
+            plan(&[run(6, 10), run(5, 10), run(4, 1000)], &visibility(9)),
+            Some(0..2)
+        );
+        // Gathered changes as large as half the base take the base in.
+        assert_eq!(
+            plan(&[run(6, 300), run(5, 300), run(4, 1000)], &visibility(9)),
+            Some(0..3)
+        );
+    }
+
+    #[test]
+    fn too_many_runs_are_all_merged_and_aborted_groups_wait() {
+        let runs: Vec<RunMeta> = (0..=MAX_RUNS_AT_FLOOR as u64)
+            .rev()
+            .map(|e| run(e + 1, 1 << (3 * e)))
+            .collect();
+        assert_eq!(plan(&runs, &visibility(100)), Some(0..runs.len()));
+        let aborted = Visibility {
+            aborted: vec![(2, 2)],
+            floor: 100,
+        };
+        assert_eq!(plan(&runs, &aborted), None);
+    }
+}

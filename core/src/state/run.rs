@@ -1,0 +1,276 @@
+//! Sorted runs: how a checkpoint's changes of one key group are laid out in sled.
+//!
+//! A run holds, for one state and one key group, the entries one write produced, sorted by
+//! key bytes and cut into chunks of about [`CHUNK_BYTES`]. Each chunk is one sled value, keyed
+//! by the run's id followed by the chunk's last key, so the chunk that may hold a key is the
+//! first one at or after `run id | key`: one sled seek. A chunk is
+//!
+//! ```text
+//! count (u32) | count offsets (u32, from the chunk's start) | entries
+//! entry = key length (u32) | key | value length (u32) | value
+//! ```
+//!
+//! all big-endian; the offsets let a lookup binary-search the chunk without decoding it, and
+//! a value is handed out as a slice of the chunk, not a copy.
+
+use sled::IVec;
+
+/// About how many bytes of entries a chunk holds (at least one entry, whatever its size).
+pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Bytes of a group prefix: state id (u32), key group (u16).
+pub(crate) const GROUP_PREFIX: usize = 4 + 2;
+/// Bytes of a run id: group prefix, inverted epoch (u64), inverted sequence (u32).
+pub(crate) const RUN_ID: usize = GROUP_PREFIX + 8 + 4;
+
+/// One run of one state and key group: the epoch its entries belong to, and a sequence that
+/// orders the runs of one epoch (a later write of the same epoch wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct RunKey {
+    pub(crate) state: u32,
+    pub(crate) key_group: u16,
+    pub(crate) epoch: u64,
+    pub(crate) seq: u32,
+}
+
+impl RunKey {
+    /// The run's id: the prefix of its chunks' keys and its manifest key. Newer runs of a
+    /// group sort first (epoch and sequence are stored inverted).
+    pub(crate) fn id(&self) -> [u8; RUN_ID] {
+        let mut id = [0u8; RUN_ID];
+        id[..GROUP_PREFIX].copy_from_slice(&group_prefix(self.state, self.key_group));
+        id[GROUP_PREFIX..GROUP_PREFIX + 8].copy_from_slice(&(!self.epoch).to_be_bytes());
+        id[GROUP_PREFIX + 8..].copy_from_slice(&(!self.seq).to_be_bytes());
+        id
+    }
+
+    /// The run a run id names.
+    pub(crate) fn from_id(id: &[u8]) -> RunKey {
+        RunKey {
+            state: u32::from_be_bytes(id[..4].try_into().expect("4 bytes")),
+            key_group: u16::from_be_bytes(id[4..6].try_into().expect("2 bytes")),
+            epoch: !u64::from_be_bytes(id[6..14].try_into().expect("8 bytes")),
+            seq: !u32::from_be_bytes(id[14..18].try_into().expect("4 bytes")),
+        }
+    }
+
+    /// The sled key of this run's chunk whose last key is `last_key`.
+    pub(crate) fn chunk_key(&self, last_key: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(RUN_ID + last_key.len());
+        key.extend_from_slice(&self.id());
+        key.extend_from_slice(last_key);
+        key
+    }
+}
+
+/// The prefix of every run of one state and key group.
+pub(crate) fn group_prefix(state: u32, key_group: u16) -> [u8; GROUP_PREFIX] {
+    let mut prefix = [0u8; GROUP_PREFIX];
+    prefix[..4].copy_from_slice(&state.to_be_bytes());
+    prefix[4..].copy_from_slice(&key_group.to_be_bytes());
+    prefix
+}
+
+/// What the manifest keeps of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunMeta {
+    pub(crate) key: RunKey,
+    /// Entries (values and deletions).
+    pub(crate) entries: u64,
+    /// Bytes of its chunks.
+    pub(crate) bytes: u64,
+}
+
+impl RunMeta {
+    /// The manifest value: entries (u64), bytes (u64).
+    pub(crate) fn encode_value(&self) -> [u8; 16] {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&self.entries.to_be_bytes());
+        value[8..].copy_from_slice(&self.bytes.to_be_bytes());
+        value
+    }
+
+    /// A manifest entry read back; `None` when it is not one omstream wrote.
+    pub(crate) fn decode(id: &[u8], value: &[u8]) -> Option<RunMeta> {
+        if id.len() != RUN_ID || value.len() != 16 {
+            return None;
+        }
+        Some(RunMeta {
+            key: RunKey::from_id(id),
+            entries: u64::from_be_bytes(value[..8].try_into().ok()?),
+            bytes: u64::from_be_bytes(value[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// Cuts sorted entries into chunks.
+pub(crate) struct ChunkBuilder {
+    offsets: Vec<u32>,
+    body: Vec<u8>,
+}
+
+impl ChunkBuilder {
+    pub(crate) fn new() -> Self {
+        ChunkBuilder {
+            offsets: Vec::new(),
+            body: Vec::with_capacity(CHUNK_BYTES + 1024),
+        }
+    }
+
+    /// Adds an entry (keys come in increasing order).
+    pub(crate) fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.offsets.push(self.body.len() as u32);
+        self.body
+            .extend_from_slice(&(key.len() as u32).to_be_bytes());
+        self.body.extend_from_slice(key);
+        self.body
+            .extend_from_slice(&(value.len() as u32).to_be_bytes());
+        self.body.extend_from_slice(value);
+    }
+
+    /// Whether the chunk is full enough to be written.
+    pub(crate) fn is_full(&self) -> bool {
+        self.body.len() >= CHUNK_BYTES
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// The chunk's bytes; the builder is empty again.
+    pub(crate) fn finish(&mut self) -> Vec<u8> {
+        let header = 4 + 4 * self.offsets.len();
+        let mut chunk = Vec::with_capacity(header + self.body.len());
+        chunk.extend_from_slice(&(self.offsets.len() as u32).to_be_bytes());
+        for offset in &self.offsets {
+            chunk.extend_from_slice(&(offset + header as u32).to_be_bytes());
+        }
+        chunk.extend_from_slice(&self.body);
+        self.offsets.clear();
+        self.body.clear();
+        chunk
+    }
+}
+
+/// A chunk read back, checked on the way in: every offset and length stays inside it.
+pub(crate) struct Chunk<'a> {
+    bytes: &'a IVec,
+    count: usize,
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk, or `None` when its header does not fit its size (not what omstream wrote).
+    pub(crate) fn parse(bytes: &'a IVec) -> Option<Self> {
+        let count = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        (bytes.len() >= 4 + 4 * count).then_some(Chunk { bytes, count })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    fn u32_at(&self, at: usize) -> Option<usize> {
+        Some(u32::from_be_bytes(self.bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    }
+
+    /// Entry `i`: the key's range and the value's range in the chunk.
+    fn ranges(&self, i: usize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+        let start = self.u32_at(4 + 4 * i)?;
+        let key_len = self.u32_at(start)?;
+        let key = start + 4..start + 4 + key_len;
+        let value_len = self.u32_at(key.end)?;
+        let value = key.end + 4..key.end + 4 + value_len;
+        (value.end <= self.bytes.len()).then_some((key, value))
+    }
+
+    /// Entry `i`'s key.
+    pub(crate) fn key(&self, i: usize) -> Option<&'a [u8]> {
+        let (key, _) = self.ranges(i)?;
+        let bytes: &'a [u8] = self.bytes;
+        Some(&bytes[key])
+    }
+
+    /// Entry `i`'s value, as a slice of the chunk.
+    pub(crate) fn value(&self, i: usize) -> Option<IVec> {
+        let (_, value) = self.ranges(i)?;
+        Some(self.bytes.subslice(value.start, value.len()))
+    }
+
+    /// The value stored for `key` (empty: a deletion); `None` when the chunk has no entry
+    /// for it. `Err` when the chunk is damaged.
+    pub(crate) fn lookup(&self, key: &[u8]) -> Result<Option<IVec>, ()> {
+        let (mut low, mut high) = (0, self.count);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.key(mid).ok_or(())?.cmp(key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return self.value(mid).map(Some).ok_or(()),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_are_searched_by_key() {
+        let mut builder = ChunkBuilder::new();
+        let keys: Vec<Vec<u8>> = (0u32..100)
+            .map(|i| (i * 3).to_be_bytes().to_vec())
+            .collect();
+        for key in &keys {
+            builder.push(key, if key[3] % 2 == 0 { b"even" } else { b"" });
+        }
+        let chunk = IVec::from(builder.finish());
+        assert!(builder.is_empty());
+        let parsed = Chunk::parse(&chunk).expect("parses");
+        assert_eq!(parsed.len(), 100);
+        assert_eq!(parsed.key(7), Some(&keys[7][..]));
+        assert_eq!(
+            parsed.lookup(&6u32.to_be_bytes()),
+            Ok(Some(IVec::from(&b"even"[..])))
+        );
+        assert_eq!(
+            parsed.lookup(&3u32.to_be_bytes()),
+            Ok(Some(IVec::from(&b""[..])))
+        );
+        assert_eq!(parsed.lookup(&4u32.to_be_bytes()), Ok(None));
+        assert_eq!(parsed.lookup(&1000u32.to_be_bytes()), Ok(None));
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_reported_not_read_past_its_end() {
+        let mut builder = ChunkBuilder::new();
+        builder.push(b"key", b"value");
+        let mut bytes = builder.finish();
+        bytes.truncate(bytes.len() - 2);
+        let chunk = IVec::from(bytes);
+        let parsed = Chunk::parse(&chunk).expect("the header fits");
+        assert_eq!(parsed.lookup(b"key"), Err(()));
+        assert!(Chunk::parse(&IVec::from(&[0u8, 0, 0, 9][..])).is_none());
+    }
+
+    #[test]
+    fn run_ids_order_newest_first_and_read_back() {
+        let older = RunKey {
+            state: 1,
+            key_group: 5,
+            epoch: 7,
+            seq: 9,
+        };
+        let newer = RunKey {
+            epoch: 8,
+            seq: 0,
+            ..older
+        };
+        let later_same_epoch = RunKey { seq: 10, ..older };
+        assert!(newer.id() < older.id());
+        assert!(later_same_epoch.id() < older.id());
+        assert_eq!(RunKey::from_id(&older.id()), older);
+        assert!(older.chunk_key(b"k").starts_with(&older.id()));
+    }
+}

@@ -1,0 +1,192 @@
+use super::*;
+
+/// Regression: a job run again in the same process right after the first ended could find
+/// the database still locked by sled's I/O threads, and failed to start.
+#[test]
+fn an_open_database_is_waited_for_then_reported_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = StateStore::open(dir.path()).unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(first);
+    });
+    let second = StateStore::open(dir.path()).expect("opened once the first let go");
+    releaser.join().unwrap();
+
+    let started = std::time::Instant::now();
+    let Err(error) = StateStore::open(dir.path()) else {
+        panic!("opened while `second` holds it");
+    };
+    assert!(started.elapsed() >= StateStore::LOCK_WAIT);
+    assert!(matches!(error, StateError::InUse { .. }), "{error:?}");
+    assert!(error.to_string().contains("in use by another running job"));
+    drop(second);
+}
+
+const GROUP: u16 = 3;
+
+/// Writes `entries` of state 0, key group 3, as one snapshot of `epoch`, through the writer.
+fn write(store: &StateStore, epoch: u64, entries: &[(&[u8], &[u8])]) {
+    let mut groups = vec![Vec::new(); GROUP as usize + 1];
+    groups[GROUP as usize] = entries
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    store.submit(Box::new(move |shared| {
+        shared.write_changes(0, epoch, groups)
+    }));
+}
+
+fn get(store: &StateStore, key: &[u8]) -> Option<Vec<u8>> {
+    store.read(0, GROUP, key).unwrap().map(|v| v.to_vec())
+}
+
+#[test]
+fn reads_see_the_newest_entry_and_skip_aborted_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    assert_eq!(store.begin_run(0).unwrap(), 2);
+    write(&store, 2, &[(b"a", b"one")]);
+    write(&store, 3, &[(b"a", b"two"), (b"ab", b"other key")]);
+    assert_eq!(get(&store, b"a").as_deref(), Some(&b"two"[..]));
+    store.set_last_triggered_epoch(3).unwrap();
+    // Crash; checkpoint 2 is the latest complete one.
+    store.flush().unwrap();
+    drop(store);
+    let store = StateStore::open(dir.path()).unwrap();
+    let first = store.begin_run(2).unwrap();
+    assert!(first > 4);
+    assert_eq!(get(&store, b"a").as_deref(), Some(&b"one"[..]));
+    assert_eq!(get(&store, b"ab"), None, "written only in an aborted epoch");
+    assert_eq!(store.runs(0, GROUP).len(), 1, "the aborted run is dropped");
+    write(&store, first, &[(b"a", b"three")]);
+    assert_eq!(get(&store, b"a").as_deref(), Some(&b"three"[..]));
+    let keys = store.scan(0, 0..=127).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].0, b"a");
+}
+
+#[test]
+fn a_run_spans_many_chunks_and_every_key_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store.begin_run(0).unwrap();
+    let keys: Vec<[u8; 4]> = (0u32..20_000).map(|i| (i * 2).to_be_bytes()).collect();
+    let value = [7u8; 40];
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (&k[..], &value[..])).collect();
+    write(&store, 2, &entries);
+    store.wait_applied().unwrap();
+    let runs = store.runs(0, GROUP);
+    assert_eq!(runs.len(), 1);
+    assert!(
+        runs[0].bytes > 10 * super::super::run::CHUNK_BYTES as u64,
+        "{runs:?}"
+    );
+    for i in (0u32..40_000).step_by(7) {
+        let found = get(&store, &i.to_be_bytes());
+        assert_eq!(found.is_some(), i % 2 == 0, "key {i}");
+    }
+    assert_eq!(store.scan(0, 0..=127).unwrap().len(), 20_000);
+    assert_eq!(store.take_written_bytes(), runs[0].bytes);
+}
+
+#[test]
+fn runs_at_or_below_the_floor_are_merged_and_deletions_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store.begin_run(0).unwrap();
+    for epoch in 2..10u64 {
+        let value = format!("v{epoch}");
+        write(&store, epoch, &[(b"k", value.as_bytes()), (b"gone", b"x")]);
+    }
+    write(&store, 10, &[(b"gone", b"")]);
+    store.settle().unwrap();
+    assert_eq!(
+        store.runs(0, GROUP).len(),
+        9,
+        "nothing merged while the floor is 0"
+    );
+    store.set_floor(7).unwrap();
+    store.settle().unwrap();
+    let runs = store.runs(0, GROUP);
+    // Epochs 10, 9, 8 above the floor; 2..=7 merged into one run of epoch 7.
+    let epochs: Vec<u64> = runs.iter().map(|r| r.key.epoch).collect();
+    assert_eq!(epochs, vec![10, 9, 8, 7]);
+    assert_eq!(get(&store, b"k").as_deref(), Some(&b"v9"[..]));
+    store.set_floor(10).unwrap();
+    store.settle().unwrap();
+    let runs = store.runs(0, GROUP);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        runs[0].entries, 1,
+        "the deletion reached the oldest run and went"
+    );
+    assert_eq!(get(&store, b"gone"), None);
+    assert_eq!(get(&store, b"k").as_deref(), Some(&b"v9"[..]));
+    // A reopened store finds the merged runs (the manifest is durable).
+    store.flush().unwrap();
+    drop(store);
+    let store = StateStore::open(dir.path()).unwrap();
+    assert_eq!(store.runs(0, GROUP).len(), 1);
+    assert_eq!(get(&store, b"k").as_deref(), Some(&b"v9"[..]));
+}
+
+#[test]
+fn a_damaged_chunk_is_reported_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store.begin_run(0).unwrap();
+    write(&store, 2, &[(b"k", b"value")]);
+    store.wait_applied().unwrap();
+    let run = store.runs(0, GROUP)[0].key;
+    store
+        .shared
+        .runs
+        .insert(run.chunk_key(b"k"), &[0u8, 0, 0, 5][..])
+        .unwrap();
+    let error = store.read(0, GROUP, b"k").unwrap_err();
+    assert!(matches!(error, StateError::Corrupt { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("restore an older checkpoint"),
+        "{error}"
+    );
+}
+
+#[test]
+fn state_written_by_the_older_layout_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("state.sled")).unwrap();
+        db.open_tree(LEGACY_TREE)
+            .unwrap()
+            .insert(b"k", b"v")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let error = StateStore::open(dir.path()).unwrap_err();
+    assert!(error.to_string().contains("older omstream"), "{error}");
+}
+
+#[test]
+fn state_ids_are_stable_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = {
+        let store = StateStore::open(dir.path()).unwrap();
+        let a = store.state_id("window", "accumulators").unwrap();
+        let b = store.state_id("join", "left").unwrap();
+        store.flush().unwrap();
+        (a, b)
+    };
+    assert_ne!(a, b);
+    let store = StateStore::open(dir.path()).unwrap();
+    assert_eq!(store.state_id("join", "left").unwrap(), b);
+    assert_eq!(store.state_id("window", "accumulators").unwrap(), a);
+    assert_eq!(store.state_names().unwrap().len(), 2);
+}
+
+#[test]
+fn ranges_merge() {
+    let mut r = vec![(5, 6), (1, 2), (3, 4), (9, 10)];
+    merge_ranges(&mut r);
+    assert_eq!(r, vec![(1, 6), (9, 10)]);
+}
