@@ -7,9 +7,11 @@
 //! 1. it triggers epoch `n` at every source subtask;
 //! 2. each source records the next offset of every partition it reads and emits `Barrier(n)`;
 //! 3. operators with several inputs align the barrier, then every stateful operator writes
-//!    what its state changed since `n - 1` (as versions of epoch `n`), and forwards it;
+//!    what its state changed since `n - 1` (handed to the state store's writer as runs of
+//!    epoch `n`, see [`StateStore`](crate::state::StateStore)), and forwards it;
 //! 4. sinks pre-commit (an exactly-once sink prepares its transaction for epoch `n`);
-//! 5. when every subtask has acknowledged `n`, the state store is flushed and the checkpoint
+//! 5. when every subtask has acknowledged `n`, the state store is flushed (which waits for
+//!    its writer) and the checkpoint
 //!    record (epoch, source offsets, job graph fingerprint, sizes, timings) is written
 //!    atomically with a checksum; only then are sinks told to commit and sources to commit
 //!    their offsets to the consumer group. The last [`CheckpointConfig::retained`] records

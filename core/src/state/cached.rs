@@ -2,10 +2,12 @@
 //! handle (and behind heap state that has a TTL).
 //!
 //! Reads go to the cache first and load from sled on a miss. Changes stay in the cache, marked
-//! dirty, until [`CachedTable::snapshot`] writes them as versions of the checkpoint's epoch, so
-//! a checkpoint costs what changed, not what is stored. When the cache outgrows its capacity,
-//! its dirty entries are written as versions of the epoch in progress (they belong to the next
-//! checkpoint anyway) and it is emptied: state larger than memory lives in sled.
+//! dirty, until [`CachedTable::snapshot`] copies them to the store's writer thread, which
+//! writes them as runs of the checkpoint's epoch: a checkpoint costs what changed, not what is
+//! stored, and the operator only pays for the copy. When the cache outgrows its capacity, its
+//! dirty entries are written as changes of the epoch in progress (they belong to the next
+//! checkpoint anyway), the table waits for that write, and is emptied: state larger than
+//! memory lives in sled.
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
@@ -18,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::StateError;
+use super::run::GroupChanges;
 use super::store::StateStore;
 use super::SnapshotStats;
 use crate::runtime::{key_group, stable_hash, ProcessingClock, KEY_GROUPS};
@@ -47,8 +50,8 @@ struct Slot<V> {
     dirty: bool,
     /// Processing time after which the value is gone; `i64::MAX` without a TTL.
     expires_at: i64,
-    /// Whether the store may hold versions of the key (false: it has none at all, so a
-    /// write looks for no older versions, and a deletion needs no write).
+    /// Whether the store may hold entries of the key (false: it has none at all, so a
+    /// deletion needs no write).
     stored: bool,
 }
 
@@ -389,7 +392,8 @@ where
         let Some(durable) = self.durable.clone() else {
             return;
         };
-        self.write_dirty(durable.epoch);
+        self.write_dirty(durable.epoch)
+            .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
         // The cache is emptied: what it held must be readable from the store first.
         durable
             .store
@@ -415,20 +419,39 @@ where
         self.sweep_at = (self.table.len() * 2).max(SWEEP_MIN);
     }
 
-    /// Hands the dirty entries to the store's writer as changes of `epoch` (the writer
-    /// encodes and writes them; the table only copies them).
-    fn write_dirty(&mut self, epoch: u64) -> SnapshotStats {
+    /// Encodes the dirty entries and hands them to the store's writer as changes of `epoch`
+    /// (the writer sorts and writes them).
+    fn write_dirty(&mut self, epoch: u64) -> Result<SnapshotStats, StateError> {
         let Some(durable) = self.durable.clone() else {
-            return SnapshotStats::default();
+            return Ok(SnapshotStats::default());
         };
-        let mut changes: Vec<(K, Option<V>, i64)> = Vec::new();
+        let mut groups: Vec<GroupChanges> =
+            (0..KEY_GROUPS).map(|_| GroupChanges::default()).collect();
+        let mut entries = 0u64;
+        let codec = |e: rmp_serde::encode::Error| StateError::Codec {
+            state: self.name.clone(),
+            action: "encode",
+            message: e.to_string(),
+        };
         for (key, slot) in self.table.iter_mut().filter(|(_, s)| s.dirty) {
-            slot.dirty = false;
             if slot.value.is_none() && !slot.stored {
                 // Created and deleted since the last write: nothing to write (the slot goes).
+                slot.dirty = false;
                 continue;
             }
-            changes.push((key.clone(), slot.value.clone(), slot.expires_at));
+            // Value bytes: the expiry time, then the value; none for a deletion.
+            groups[key_group(stable_hash(key)) as usize].push(
+                |out| rmp_serde::encode::write(out, key).map_err(codec),
+                |out| match &slot.value {
+                    Some(value) => {
+                        out.extend_from_slice(&slot.expires_at.to_be_bytes());
+                        rmp_serde::encode::write(out, value).map_err(codec)
+                    }
+                    None => Ok(()),
+                },
+            )?;
+            entries += 1;
+            slot.dirty = false;
             slot.stored = true;
         }
         // Written deletions need no slot any more (nor unwritten ones).
@@ -440,18 +463,16 @@ where
         if dropped_written {
             self.uncached_unwritten = false;
         }
-        let entries = changes.len() as u64;
-        if !changes.is_empty() {
-            let name = self.name.clone();
+        if entries > 0 {
             durable.store.submit(Box::new(move |shared| {
-                let groups = encode_changes(&name, changes)?;
                 shared.write_changes(durable.state_id, epoch, groups)
             }));
         }
-        SnapshotStats { entries, bytes: 0 }
+        Ok(SnapshotStats { entries, bytes: 0 })
     }
 
-    /// Writes what changed since the last snapshot as versions of checkpoint `epoch`; later
+    /// Hands what changed since the last snapshot to the writer as changes of checkpoint
+    /// `epoch` (durable once the store is flushed); later
     /// changes belong to the next epoch.
     pub(crate) fn snapshot(&mut self, epoch: u64) -> Result<SnapshotStats, StateError> {
         if self.durable.is_none() {
@@ -459,40 +480,11 @@ where
                 state: self.name.clone(),
             });
         }
-        let stats = self.write_dirty(epoch);
+        let stats = self.write_dirty(epoch)?;
         if let Some(durable) = &mut self.durable {
             durable.epoch = epoch + 1;
         }
         self.scanned.get_mut().clear();
         Ok(stats)
     }
-}
-
-/// Encodes a snapshot's changes of one state, per key group (on the store's writer thread):
-/// key bytes, and value bytes as expiry time (8 bytes) then the value (empty: a deletion).
-#[allow(clippy::type_complexity)]
-fn encode_changes<K: Hash + Serialize, V: Serialize>(
-    state: &str,
-    changes: Vec<(K, Option<V>, i64)>,
-) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>, StateError> {
-    let codec = |e: rmp_serde::encode::Error| StateError::Codec {
-        state: state.to_string(),
-        action: "encode",
-        message: e.to_string(),
-    };
-    let mut groups: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..KEY_GROUPS).map(|_| Vec::new()).collect();
-    for (key, value, expires_at) in changes {
-        let key_bytes = rmp_serde::to_vec(&key).map_err(codec)?;
-        let value_bytes = match value {
-            Some(value) => {
-                let mut bytes = Vec::with_capacity(16);
-                bytes.extend_from_slice(&expires_at.to_be_bytes());
-                rmp_serde::encode::write(&mut bytes, &value).map_err(codec)?;
-                bytes
-            }
-            None => Vec::new(),
-        };
-        groups[key_group(stable_hash(&key)) as usize].push((key_bytes, value_bytes));
-    }
-    Ok(groups)
 }

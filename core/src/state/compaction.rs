@@ -7,9 +7,11 @@
 //!
 //! The policy is size-tiered, per state and key group: starting from the newest run at or
 //! below the floor, older runs join the merge while each is at most twice the size of the
-//! runs gathered so far, so a small change is merged with other small changes, not rewritten
-//! into the whole state every checkpoint; past [`MAX_RUNS_AT_FLOOR`] runs, all of them are
-//! merged. A merge that reaches the group's oldest run also drops deletions (nothing older is
+//! runs gathered so far, and the merge happens once [`MIN_MERGE`] runs have gathered. So a
+//! small change is merged with other small changes, not rewritten into the whole state every
+//! checkpoint, and a job that changes every key between checkpoints rewrites its state once
+//! every [`MIN_MERGE`] checkpoints, not every time; past [`MAX_RUNS_AT_FLOOR`] runs, all of
+//! them are merged. A merge that reaches the group's oldest run also drops deletions (nothing older is
 //! left for them to hide).
 //!
 //! A merge writes the new run (chunks, then manifest entry) before it removes the runs it
@@ -21,8 +23,10 @@ use super::error::StateError;
 use super::run::{RunKey, RunMeta};
 use super::store::{read, write, Shared, Visibility};
 
+/// Fewest runs of similar sizes that are merged.
+pub(crate) const MIN_MERGE: usize = 4;
 /// Most runs at or below the floor before all of them are merged, whatever their sizes.
-pub(crate) const MAX_RUNS_AT_FLOOR: usize = 6;
+pub(crate) const MAX_RUNS_AT_FLOOR: usize = 8;
 
 /// Which runs (positions in `runs`, newest first) to merge, if any.
 pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<usize>> {
@@ -32,7 +36,7 @@ pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<us
     }
     let start = runs.iter().position(|r| r.key.epoch <= visibility.floor)?;
     let at_floor = &runs[start..];
-    if at_floor.len() < 2 {
+    if at_floor.len() < MIN_MERGE {
         return None;
     }
     let count = if at_floor.len() > MAX_RUNS_AT_FLOOR {
@@ -46,7 +50,7 @@ pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<us
         }
         count
     };
-    (count >= 2).then_some(start..start + count)
+    (count >= MIN_MERGE).then_some(start..start + count)
 }
 
 /// Merges the runs of the first group that needs it. Returns whether it merged anything.
@@ -74,7 +78,7 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<bool, StateError> {
             epoch: window[0].key.epoch,
             seq: shared.next_seq(),
         };
-        Some(shared.write_run(key, merged.iter().map(|(k, v)| (k.as_slice(), &v[..])))?)
+        Some(shared.write_run(key, merged.iter().map(|(k, v)| (&k[..], &v[..])))?)
     };
     let mut manifest = write(&shared.manifest);
     let runs = manifest
@@ -120,26 +124,29 @@ mod tests {
 
     #[test]
     fn only_runs_at_or_below_the_floor_are_merged() {
-        let runs = [run(9, 10), run(8, 10), run(7, 10), run(6, 10)];
-        assert_eq!(plan(&runs, &visibility(5)), None);
-        assert_eq!(plan(&runs, &visibility(7)), Some(2..4));
-        assert_eq!(plan(&runs, &visibility(9)), Some(0..4));
+        let runs = [
+            run(9, 10),
+            run(8, 10),
+            run(7, 10),
+            run(6, 10),
+            run(5, 10),
+            run(4, 10),
+        ];
+        assert_eq!(plan(&runs, &visibility(6)), None, "3 runs at the floor");
+        assert_eq!(plan(&runs, &visibility(7)), Some(2..6));
+        assert_eq!(plan(&runs, &visibility(9)), Some(0..6));
     }
 
     #[test]
     fn small_changes_merge_with_each_other_not_into_a_large_run() {
         // A large base and one small change: nothing to do.
         assert_eq!(plan(&[run(5, 10), run(4, 1000)], &visibility(9)), None);
-        // Two small changes merge, the base stays.
-        assert_eq!(
-            plan(&[run(6, 10), run(5, 10), run(4, 1000)], &visibility(9)),
-            Some(0..2)
-        );
+        // Small changes merge with each other, the base stays.
+        let small = [run(8, 10), run(7, 10), run(6, 10), run(5, 10), run(4, 1000)];
+        assert_eq!(plan(&small, &visibility(9)), Some(0..4));
         // Gathered changes as large as half the base take the base in.
-        assert_eq!(
-            plan(&[run(6, 300), run(5, 300), run(4, 1000)], &visibility(9)),
-            Some(0..3)
-        );
+        let large = [run(7, 300), run(6, 100), run(5, 100), run(4, 1000)];
+        assert_eq!(plan(&large, &visibility(9)), Some(0..4));
     }
 
     #[test]

@@ -56,7 +56,9 @@ impl<V: Clone + Send + Serialize + DeserializeOwned + 'static> StateValue for V 
 pub struct SnapshotStats {
     /// Entries written (changed or deleted keys).
     pub entries: u64,
-    /// Bytes written.
+    /// Bytes written by the snapshot itself: 0 for durable state, whose store's writer thread
+    /// writes later (the checkpoint counts those bytes with
+    /// [`StateStore::take_written_bytes`] after its flush).
     pub bytes: u64,
 }
 
@@ -72,8 +74,8 @@ pub trait KeyedState: Send {
     /// The state's name, unique within its operator.
     fn state_name(&self) -> &str;
 
-    /// Writes what changed since the previous snapshot as part of checkpoint `epoch`; changes
-    /// made after this call belong to the next checkpoint.
+    /// Writes (or hands to the store's writer) what changed since the previous snapshot as
+    /// part of checkpoint `epoch`; changes made after this call belong to the next checkpoint.
     fn snapshot(&mut self, epoch: u64) -> Result<SnapshotStats, StateError>;
 }
 

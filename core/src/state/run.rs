@@ -103,6 +103,66 @@ impl RunMeta {
     }
 }
 
+/// A snapshot's changes of one key group, encoded into one buffer (no allocation per entry):
+/// appended in any order, sorted by key when written.
+#[derive(Debug, Default)]
+pub(crate) struct GroupChanges {
+    bytes: Vec<u8>,
+    /// Per entry: where its key starts, the key's length, the value's length (the value
+    /// follows the key).
+    entries: Vec<(u32, u32, u32)>,
+}
+
+impl GroupChanges {
+    /// Appends an entry: `encode_key` and `encode_value` write their bytes to the buffer
+    /// they are given (a value that writes nothing is a deletion).
+    pub(crate) fn push<E>(
+        &mut self,
+        encode_key: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        encode_value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.bytes.len();
+        let undo = |bytes: &mut Vec<u8>| bytes.truncate(start);
+        if let Err(e) = encode_key(&mut self.bytes) {
+            undo(&mut self.bytes);
+            return Err(e);
+        }
+        let key_end = self.bytes.len();
+        if let Err(e) = encode_value(&mut self.bytes) {
+            undo(&mut self.bytes);
+            return Err(e);
+        }
+        self.entries.push((
+            start as u32,
+            (key_end - start) as u32,
+            (self.bytes.len() - key_end) as u32,
+        ));
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries as `(key, value)`, sorted by key.
+    pub(crate) fn sorted(&mut self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let bytes = &self.bytes;
+        let key = |&(start, key_len, _): &(u32, u32, u32)| {
+            &bytes[start as usize..(start + key_len) as usize]
+        };
+        self.entries.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        self.entries
+            .iter()
+            .map(move |&(start, key_len, value_len)| {
+                let (start, key_end) = (start as usize, (start + key_len) as usize);
+                (
+                    &bytes[start..key_end],
+                    &bytes[key_end..key_end + value_len as usize],
+                )
+            })
+    }
+}
+
 /// Cuts sorted entries into chunks.
 pub(crate) struct ChunkBuilder {
     offsets: Vec<u32>,
@@ -196,6 +256,15 @@ impl<'a> Chunk<'a> {
         Some(self.bytes.subslice(value.start, value.len()))
     }
 
+    /// Entry `i`: its key and value, as slices of the chunk.
+    pub(crate) fn entry(&self, i: usize) -> Option<(IVec, IVec)> {
+        let (key, value) = self.ranges(i)?;
+        Some((
+            self.bytes.subslice(key.start, key.len()),
+            self.bytes.subslice(value.start, value.len()),
+        ))
+    }
+
     /// The value stored for `key` (empty: a deletion); `None` when the chunk has no entry
     /// for it. `Err` when the chunk is damaged.
     pub(crate) fn lookup(&self, key: &[u8]) -> Result<Option<IVec>, ()> {
@@ -240,6 +309,32 @@ mod tests {
         );
         assert_eq!(parsed.lookup(&4u32.to_be_bytes()), Ok(None));
         assert_eq!(parsed.lookup(&1000u32.to_be_bytes()), Ok(None));
+    }
+
+    #[test]
+    fn group_changes_come_out_sorted_and_a_failed_encoding_leaves_nothing() {
+        let mut changes = GroupChanges::default();
+        for key in [b"b", b"c", b"a"] {
+            changes
+                .push::<()>(
+                    |out| Ok(out.extend_from_slice(key)),
+                    |out| Ok(out.extend_from_slice(b"v")),
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            changes.push(|out| Ok(out.push(b'z')), |_| Err("no")),
+            Err("no")
+        );
+        let sorted: Vec<_> = changes.sorted().collect();
+        assert_eq!(
+            sorted,
+            vec![
+                (&b"a"[..], &b"v"[..]),
+                (&b"b"[..], &b"v"[..]),
+                (&b"c"[..], &b"v"[..])
+            ]
+        );
     }
 
     #[test]

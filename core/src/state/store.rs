@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use super::error::StateError;
-use super::run::{group_prefix, Chunk, ChunkBuilder, RunKey, RunMeta, RUN_ID};
+use super::run::{group_prefix, Chunk, ChunkBuilder, GroupChanges, RunKey, RunMeta, RUN_ID};
 
 /// Which runs reads may see, and which runs may be merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,13 +366,13 @@ impl StateStore {
         &self,
         state: u32,
         key_groups: RangeInclusive<u32>,
-    ) -> Result<Vec<(Vec<u8>, IVec)>, StateError> {
+    ) -> Result<Vec<(IVec, IVec)>, StateError> {
         self.wait_applied()?;
         let shared = &self.shared;
         let visibility = read(&shared.visibility);
         let manifest = read(&shared.manifest);
         let (low, high) = (*key_groups.start(), *key_groups.end());
-        let scan = |groups: RangeInclusive<u32>| -> Result<Vec<(Vec<u8>, IVec)>, StateError> {
+        let scan = |groups: RangeInclusive<u32>| -> Result<Vec<(IVec, IVec)>, StateError> {
             let mut out = Vec::new();
             for key_group in groups {
                 let Some(runs) = manifest.get(&(state, key_group as u16)) else {
@@ -624,16 +624,15 @@ impl Shared {
         chunk.lookup(key).map_err(|()| self.corrupt(run))
     }
 
-    /// Every entry of `run`, in key order.
-    fn run_entries(&self, run: &RunKey) -> Result<Vec<(Vec<u8>, IVec)>, StateError> {
+    /// Every entry of `run`, in key order, as slices of its chunks.
+    fn run_entries(&self, run: &RunKey) -> Result<Vec<(IVec, IVec)>, StateError> {
         let mut out = Vec::new();
         for entry in self.runs.scan_prefix(run.id()) {
             let (_, bytes) = entry.map_err(|e| self.err(e))?;
             let chunk = Chunk::parse(&bytes).ok_or_else(|| self.corrupt(run))?;
+            out.reserve(chunk.len());
             for i in 0..chunk.len() {
-                let key = chunk.key(i).ok_or_else(|| self.corrupt(run))?;
-                let value = chunk.value(i).ok_or_else(|| self.corrupt(run))?;
-                out.push((key.to_vec(), value));
+                out.push(chunk.entry(i).ok_or_else(|| self.corrupt(run))?);
             }
         }
         Ok(out)
@@ -645,33 +644,45 @@ impl Shared {
         &self,
         runs: &[&RunMeta],
         drop_deletions: bool,
-        out: &mut Vec<(Vec<u8>, IVec)>,
+        out: &mut Vec<(IVec, IVec)>,
     ) -> Result<(), StateError> {
-        match runs {
-            [] => {}
-            [run] => {
-                let entries = self.run_entries(&run.key)?;
-                out.extend(
-                    entries
-                        .into_iter()
-                        .filter(|(_, v)| !(drop_deletions && v.is_empty())),
-                );
-            }
-            _ => {
-                let mut merged: BTreeMap<Vec<u8>, IVec> = BTreeMap::new();
-                for run in runs {
-                    for (key, value) in self.run_entries(&run.key)? {
-                        merged.entry(key).or_insert(value);
-                    }
+        let keep = |value: &IVec| !(drop_deletions && value.is_empty());
+        let mut inputs = Vec::with_capacity(runs.len());
+        for run in runs {
+            inputs.push(self.run_entries(&run.key)?);
+        }
+        if inputs.len() == 1 {
+            let single = inputs.pop().expect("one run");
+            out.extend(single.into_iter().filter(|(_, value)| keep(value)));
+            return Ok(());
+        }
+        // A k-way merge of sorted runs (k is small): the smallest key next; of equal keys,
+        // the newest run's entry (the first found), the others skipped.
+        let mut at = vec![0usize; inputs.len()];
+        loop {
+            let mut newest: Option<usize> = None;
+            for i in 0..inputs.len() {
+                let Some((key, _)) = inputs[i].get(at[i]) else {
+                    continue;
+                };
+                if newest.is_none_or(|n| key[..] < inputs[n][at[n]].0[..]) {
+                    newest = Some(i);
                 }
-                out.extend(
-                    merged
-                        .into_iter()
-                        .filter(|(_, v)| !(drop_deletions && v.is_empty())),
-                );
+            }
+            let Some(n) = newest else {
+                return Ok(());
+            };
+            let (key, value) = inputs[n][at[n]].clone();
+            at[n] += 1;
+            for i in 0..inputs.len() {
+                if inputs[i].get(at[i]).is_some_and(|(other, _)| *other == key) {
+                    at[i] += 1;
+                }
+            }
+            if keep(&value) {
+                out.push((key, value));
             }
         }
-        Ok(())
     }
 
     /// Writes `entries` (sorted by key, keys unique) as run `key`: its chunks, then its
@@ -726,28 +737,24 @@ impl Shared {
     }
 
     /// Writes a snapshot's changes of `state` as runs of `epoch`: `groups[g]` holds key
-    /// group `g`'s `(key bytes, value bytes)` (empty value: a deletion), keys unique.
+    /// group `g`'s entries (an empty value: a deletion), keys unique.
     pub(crate) fn write_changes(
         &self,
         state: u32,
         epoch: u64,
-        groups: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+        groups: Vec<GroupChanges>,
     ) -> Result<(), StateError> {
         for (key_group, mut entries) in groups.into_iter().enumerate() {
             if entries.is_empty() {
                 continue;
             }
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let key = RunKey {
                 state,
                 key_group: key_group as u16,
                 epoch,
                 seq: self.next_seq(),
             };
-            let meta = self.write_run(
-                key,
-                entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-            )?;
+            let meta = self.write_run(key, entries.sorted())?;
             self.written.fetch_add(meta.bytes, Ordering::SeqCst);
             let mut manifest = write(&self.manifest);
             let runs = manifest.entry((state, key.key_group)).or_default();

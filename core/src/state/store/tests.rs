@@ -27,11 +27,15 @@ const GROUP: u16 = 3;
 
 /// Writes `entries` of state 0, key group 3, as one snapshot of `epoch`, through the writer.
 fn write(store: &StateStore, epoch: u64, entries: &[(&[u8], &[u8])]) {
-    let mut groups = vec![Vec::new(); GROUP as usize + 1];
-    groups[GROUP as usize] = entries
-        .iter()
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect();
+    let mut groups: Vec<GroupChanges> = (0..=GROUP).map(|_| GroupChanges::default()).collect();
+    for (key, value) in entries {
+        groups[GROUP as usize]
+            .push::<()>(
+                |out| Ok(out.extend_from_slice(key)),
+                |out| Ok(out.extend_from_slice(value)),
+            )
+            .unwrap();
+    }
     store.submit(Box::new(move |shared| {
         shared.write_changes(0, epoch, groups)
     }));
