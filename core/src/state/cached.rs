@@ -433,33 +433,43 @@ where
             action: "encode",
             message: e.to_string(),
         };
-        for (key, slot) in self.table.iter_mut().filter(|(_, s)| s.dirty) {
-            if slot.value.is_none() && !slot.stored {
-                // Created and deleted since the last write: nothing to write (the slot goes).
-                slot.dirty = false;
-                continue;
-            }
-            // Value bytes: the expiry time, then the value; none for a deletion.
-            groups[key_group(stable_hash(key)) as usize].push(
-                |out| rmp_serde::encode::write(out, key).map_err(codec),
-                |out| match &slot.value {
-                    Some(value) => {
-                        out.extend_from_slice(&slot.expires_at.to_be_bytes());
-                        rmp_serde::encode::write(out, value).map_err(codec)
-                    }
-                    None => Ok(()),
-                },
-            )?;
-            entries += 1;
-            slot.dirty = false;
-            slot.stored = true;
-        }
-        // Written deletions need no slot any more (nor unwritten ones).
+        // One pass over the table: encode what changed, drop the slots of written deletions.
+        let mut failure = None;
         let mut dropped_written = false;
-        self.table.retain(|(_, slot)| {
+        self.table.retain(|(key, slot)| {
+            if failure.is_some() {
+                return true;
+            }
+            if slot.dirty {
+                slot.dirty = false;
+                // A key created and deleted since the last write needs no write.
+                if slot.value.is_some() || slot.stored {
+                    // Value bytes: the expiry time, then the value; none for a deletion.
+                    let pushed = groups[key_group(stable_hash(key)) as usize].push(
+                        |out| rmp_serde::encode::write(out, key).map_err(codec),
+                        |out| match &slot.value {
+                            Some(value) => {
+                                out.extend_from_slice(&slot.expires_at.to_be_bytes());
+                                rmp_serde::encode::write(out, value).map_err(codec)
+                            }
+                            None => Ok(()),
+                        },
+                    );
+                    if let Err(error) = pushed {
+                        failure = Some(error);
+                        return true;
+                    }
+                    entries += 1;
+                    slot.stored = true;
+                }
+            }
             dropped_written |= slot.value.is_none() && slot.stored;
             slot.value.is_some()
         });
+        if let Some(error) = failure {
+            // The checkpoint fails and the job restarts from the last complete one.
+            return Err(error);
+        }
         if dropped_written {
             self.uncached_unwritten = false;
         }

@@ -53,8 +53,9 @@ pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<us
     (count >= MIN_MERGE).then_some(start..start + count)
 }
 
-/// Merges the runs of the first group that needs it. Returns whether it merged anything.
-pub(crate) fn merge_one(shared: &Shared) -> Result<bool, StateError> {
+/// Merges the runs of the first group that needs it. Returns the bytes it wrote, `None` when
+/// no group needs a merge.
+pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
     let _merging = shared.merging.lock().unwrap_or_else(|p| p.into_inner());
     let visibility = read(&shared.visibility).clone();
     let found = read(&shared.manifest).iter().find_map(|(&group, runs)| {
@@ -64,7 +65,7 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<bool, StateError> {
         })
     });
     let Some(((state, key_group), window, reaches_oldest)) = found else {
-        return Ok(false);
+        return Ok(None);
     };
     let inputs: Vec<&RunMeta> = window.iter().collect();
     let mut merged = Vec::new();
@@ -95,7 +96,7 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<bool, StateError> {
     if runs.is_empty() {
         manifest.remove(&(state, key_group));
     }
-    Ok(true)
+    Ok(Some(replacement.map_or(0, |r| r.bytes)))
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ pub(crate) struct Shared {
     pub(crate) merging: Mutex<()>,
     /// A merge failed: the writer stops merging (reads stay correct, only slower).
     merge_failed: AtomicBool,
+    /// Snapshot writes were applied that no flush has made durable yet: merging waits, so
+    /// that the checkpoint's flush writes its own changes, not a merge's output too.
+    unflushed: AtomicBool,
 }
 
 /// The keyed state of one job, in sled under the job's state directory.
@@ -217,6 +220,7 @@ impl StateStore {
             progressed: Condvar::new(),
             merging: Mutex::new(()),
             merge_failed: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
         });
         let (sender, jobs) = mpsc::channel();
         let writer = shared.clone();
@@ -407,11 +411,9 @@ impl StateStore {
     /// Makes every write so far durable. Returns the bytes sled wrote.
     pub fn flush(&self) -> Result<u64, StateError> {
         self.wait_applied()?;
-        self.shared
-            .db
-            .flush()
-            .map(|b| b as u64)
-            .map_err(|e| self.err(e))
+        let flushed = self.shared.db.flush().map_err(|e| self.err(e))?;
+        self.shared.unflushed.store(false, Ordering::SeqCst);
+        Ok(flushed as u64)
     }
 
     /// Bytes of runs written for snapshots since the last call (what a checkpoint wrote, when
@@ -534,7 +536,8 @@ impl StateStore {
     #[cfg(test)]
     pub(crate) fn settle(&self) -> Result<(), StateError> {
         self.wait_applied()?;
-        while self.shared.merge_one() {}
+        self.flush()?;
+        while self.shared.merge_one().is_some() {}
         Ok(())
     }
 }
@@ -549,16 +552,27 @@ impl Drop for StateStore {
     }
 }
 
-/// The writer thread: handed jobs first, merges when idle.
+/// Bytes of merge output after which the writer flushes it, rather than leave it to the next
+/// checkpoint's flush.
+const MERGE_FLUSH_BYTES: u64 = 4 << 20;
+
+/// The writer thread: handed jobs first, merges when idle (and flushes what it merged, so a
+/// checkpoint's flush has only its own changes to write).
 fn writer_loop(shared: &Shared, jobs: &mpsc::Receiver<WriteJob>) {
+    let mut merged_unflushed = 0u64;
     loop {
         let job = match jobs.try_recv() {
             Ok(job) => job,
             Err(mpsc::TryRecvError::Disconnected) => return,
             Err(mpsc::TryRecvError::Empty) => {
-                if shared.merge_one() {
+                if let Some(bytes) = shared.merge_one() {
+                    merged_unflushed += bytes;
+                    if merged_unflushed >= MERGE_FLUSH_BYTES {
+                        shared.flush_merges(&mut merged_unflushed);
+                    }
                     continue;
                 }
+                shared.flush_merges(&mut merged_unflushed);
                 match jobs.recv() {
                     Ok(job) => job,
                     Err(mpsc::RecvError) => return,
@@ -756,6 +770,7 @@ impl Shared {
             };
             let meta = self.write_run(key, entries.sorted())?;
             self.written.fetch_add(meta.bytes, Ordering::SeqCst);
+            self.unflushed.store(true, Ordering::SeqCst);
             let mut manifest = write(&self.manifest);
             let runs = manifest.entry((state, key.key_group)).or_default();
             // Newest first: the new run goes before every older one.
@@ -768,23 +783,39 @@ impl Shared {
         Ok(())
     }
 
-    /// Merges the runs of one group that need it (see [`compaction`](super::compaction)).
-    /// Returns whether it merged anything.
-    fn merge_one(&self) -> bool {
-        if self.merge_failed.load(Ordering::SeqCst) {
-            return false;
+    /// Merges the runs of one group that need it (see [`compaction`](super::compaction)),
+    /// unless snapshot writes wait for their flush. Returns the bytes written, `None` when
+    /// it merged nothing.
+    fn merge_one(&self) -> Option<u64> {
+        if self.merge_failed.load(Ordering::SeqCst) || self.unflushed.load(Ordering::SeqCst) {
+            return None;
         }
         match super::compaction::merge_one(self) {
             Ok(merged) => merged,
             Err(error) => {
-                tracing::warn!(
-                    store = %self.path.display(),
-                    %error,
-                    "merging state runs failed; reads stay correct but look at more runs"
-                );
-                self.merge_failed.store(true, Ordering::SeqCst);
-                false
+                self.merge_failed(&error);
+                None
             }
+        }
+    }
+
+    fn merge_failed(&self, error: &StateError) {
+        tracing::warn!(
+            store = %self.path.display(),
+            %error,
+            "merging state runs failed; reads stay correct but look at more runs"
+        );
+        self.merge_failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes merge output durable, if there is any.
+    fn flush_merges(&self, merged_unflushed: &mut u64) {
+        if *merged_unflushed == 0 {
+            return;
+        }
+        *merged_unflushed = 0;
+        if let Err(error) = self.db.flush() {
+            self.merge_failed(&self.err(error));
         }
     }
 }
