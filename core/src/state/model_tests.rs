@@ -445,7 +445,7 @@ impl Run {
                 }
                 let floor = self.checkpoints[0].0;
                 self.store().set_floor(floor).expect("sets the floor");
-                if epoch % 2 == 0 {
+                if epoch.is_multiple_of(2) {
                     // Merge what can be merged now (the writer otherwise merges when idle, at
                     // moments the test does not choose): the model sees both layouts.
                     self.store().settle().expect("merges");

@@ -281,6 +281,15 @@ impl<'a> Chunk<'a> {
     }
 }
 
+/// An encoder that writes `bytes` (for tests).
+#[cfg(test)]
+pub(crate) fn put<E>(bytes: &[u8]) -> impl FnOnce(&mut Vec<u8>) -> Result<(), E> + '_ {
+    move |out| {
+        out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,17 +324,9 @@ mod tests {
     fn group_changes_come_out_sorted_and_a_failed_encoding_leaves_nothing() {
         let mut changes = GroupChanges::default();
         for key in [b"b", b"c", b"a"] {
-            changes
-                .push::<()>(
-                    |out| Ok(out.extend_from_slice(key)),
-                    |out| Ok(out.extend_from_slice(b"v")),
-                )
-                .unwrap();
+            changes.push::<()>(put(key), put(b"v")).unwrap();
         }
-        assert_eq!(
-            changes.push(|out| Ok(out.push(b'z')), |_| Err("no")),
-            Err("no")
-        );
+        assert_eq!(changes.push(put(b"z"), |_| Err("no")), Err("no"));
         let sorted: Vec<_> = changes.sorted().collect();
         assert_eq!(
             sorted,

@@ -69,6 +69,9 @@ const META_LAST_TRIGGERED: &[u8] = b"last-triggered-epoch";
 const META_NEXT_STATE_ID: &[u8] = b"next-state-id";
 const META_STATE_PREFIX: &[u8] = b"state-id:";
 
+/// sled's log segment size (a power of two, at most 16 MB).
+const SEGMENT_BYTES: usize = 8 << 20;
+
 /// How far the writer has got with the jobs handed to it.
 #[derive(Debug, Default)]
 struct Progress {
@@ -125,6 +128,17 @@ fn is_locked(error: &sled::Error) -> bool {
     }
 }
 
+/// State written by an omstream whose layout this one does not read (one sled entry per key
+/// and version, in 512 KB segments).
+fn older_layout(path: &Path) -> StateError {
+    StateError::Corrupt {
+        path: path.to_path_buf(),
+        what: "the state was written by an older omstream, whose layout this version does not \
+               read; start the job afresh (remove the state directory, or give the job a new one)"
+            .into(),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -154,6 +168,11 @@ impl StateStore {
             // Durability comes from the explicit flush before a checkpoint record is written,
             // not from sled's periodic flush.
             .flush_every_ms(None)
+            // sled writes a page larger than a quarter of a segment to a file of its own (a
+            // "blob"): with the default 512 KB segments, a leaf of 16 chunks of 32 KB is one,
+            // and every checkpoint created and deleted hundreds of files. 8 MB segments keep
+            // leaves in the log.
+            .segment_size(SEGMENT_BYTES)
             .cache_capacity(256 * 1024 * 1024);
         let started = std::time::Instant::now();
         let db = loop {
@@ -163,6 +182,9 @@ impl StateStore {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 Err(e) if is_locked(&e) => return Err(StateError::InUse { path }),
+                Err(sled::Error::Unsupported(what)) if what.contains("io buffer size") => {
+                    return Err(older_layout(&path))
+                }
                 Err(e) => return Err(StateError::store(&path, e)),
             }
         };
@@ -173,13 +195,7 @@ impl StateStore {
             .any(|name| name == LEGACY_TREE.as_bytes())
             && !db.open_tree(LEGACY_TREE).map_err(err)?.is_empty()
         {
-            return Err(StateError::Corrupt {
-                path: path.clone(),
-                what: "the state was written by an older omstream, whose layout this version \
-                       does not read; start the job afresh (remove the state directory, or \
-                       give the job a new one)"
-                    .into(),
-            });
+            return Err(older_layout(&path));
         }
         let runs = db.open_tree(RUNS_TREE).map_err(err)?;
         let manifest_tree = db.open_tree(MANIFEST_TREE).map_err(err)?;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::state::run::put;
 
 /// Regression: a job run again in the same process right after the first ended could find
 /// the database still locked by sled's I/O threads, and failed to start.
@@ -30,10 +31,7 @@ fn write(store: &StateStore, epoch: u64, entries: &[(&[u8], &[u8])]) {
     let mut groups: Vec<GroupChanges> = (0..=GROUP).map(|_| GroupChanges::default()).collect();
     for (key, value) in entries {
         groups[GROUP as usize]
-            .push::<()>(
-                |out| Ok(out.extend_from_slice(key)),
-                |out| Ok(out.extend_from_slice(value)),
-            )
+            .push::<()>(put(key), put(value))
             .unwrap();
     }
     store.submit(Box::new(move |shared| {
