@@ -2,9 +2,9 @@
 //! handle (and behind heap state that has a TTL).
 //!
 //! Reads go to the cache first and load from sled on a miss. Changes stay in the cache, marked
-//! dirty, until [`CachedTable::snapshot`] copies them to the store's writer thread, which
-//! writes them as runs of the checkpoint's epoch: a checkpoint costs what changed, not what is
-//! stored, and the operator only pays for the copy. When the cache outgrows its capacity, its
+//! dirty, until [`CachedTable::snapshot`] encodes them and hands them to the store's writer
+//! thread, which writes them as runs of the checkpoint's epoch: a checkpoint costs what
+//! changed, not what is stored, and the operator only pays for the encoding. When the cache outgrows its capacity, its
 //! dirty entries are written as changes of the epoch in progress (they belong to the next
 //! checkpoint anyway), the table waits for that write, and is emptied: state larger than
 //! memory lives in sled.
@@ -474,8 +474,11 @@ where
             self.uncached_unwritten = false;
         }
         if entries > 0 {
+            // The job holds no handle of the store: were it the last one, the store would be
+            // dropped on its own writer thread, which would then wait for itself.
+            let state_id = durable.state_id;
             durable.store.submit(Box::new(move |shared| {
-                shared.write_changes(durable.state_id, epoch, groups)
+                shared.write_changes(state_id, epoch, groups)
             }));
         }
         Ok(SnapshotStats { entries, bytes: 0 })

@@ -563,7 +563,11 @@ impl Drop for StateStore {
         // The writer finishes what it was handed, then ends, and the database is closed.
         if let Some((sender, thread)) = lock(&self.writer).take() {
             drop(sender);
-            let _ = thread.join();
+            // A thread cannot wait for itself (a job should not hold the store, but if the
+            // last handle goes on the writer thread, the thread ends after this job anyway).
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
