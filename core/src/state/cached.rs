@@ -111,8 +111,8 @@ pub(crate) fn key_groups_of(index: usize, parallelism: usize) -> RangeInclusive<
 
 impl<K, V> CachedTable<K, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
-    V: Clone + Send + Serialize + DeserializeOwned + 'static,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
 {
     pub(crate) fn new(
         name: &str,
