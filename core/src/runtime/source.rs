@@ -135,19 +135,7 @@ pub(crate) async fn run_source<T: Send + 'static>(
     let result = async {
         loop {
             while let Ok(command) = commands.try_recv() {
-                match command {
-                    SourceCommand::Barrier(barrier) => {
-                        let positions = source.snapshot(&barrier).await.map_err(fail)?;
-                        chain.push(StreamElement::Barrier(barrier)).await?;
-                        if let Some(participant) = &mut participant {
-                            participant.ack(barrier.epoch, Some(positions), Default::default());
-                        }
-                    }
-                    SourceCommand::CheckpointComplete(epoch) => {
-                        source.on_checkpoint_complete(epoch).await.map_err(fail)?;
-                        chain.checkpoint_complete(epoch).await?;
-                    }
-                }
+                run_command(command, &mut source, &mut chain, &mut participant, &task).await?;
             }
             if *stop.borrow_and_update() {
                 // A stop ends the input like a bounded source: windows flush, sinks finish.
@@ -157,6 +145,12 @@ pub(crate) async fn run_source<T: Send + 'static>(
                 biased;
                 _ = wakeup(chain.next_wakeup(), &ctx.clock) => {
                     chain.on_processing_time(ctx.clock.now()).await?;
+                    continue;
+                }
+                // A barrier is emitted now, not when a poll waiting for data returns (up to
+                // 100 ms later): the poll is dropped, which polls must allow (see `Source`).
+                Some(command) = commands.recv() => {
+                    run_command(command, &mut source, &mut chain, &mut participant, &task).await?;
                     continue;
                 }
                 output = source.poll(&ctx) => output.map_err(fail)?,
@@ -191,6 +185,31 @@ pub(crate) async fn run_source<T: Send + 'static>(
     };
     let closed = source.close().await.map_err(fail);
     result.and(closed)
+}
+
+/// Runs one command of the checkpoint coordinator between polls.
+async fn run_command<T: Send + 'static>(
+    command: SourceCommand,
+    source: &mut Box<dyn Source<T>>,
+    chain: &mut Box<dyn Chain<T>>,
+    participant: &mut Option<Participant>,
+    task: &str,
+) -> Result<()> {
+    let fail = |e: BoxError| RuntimeError::task(task, e);
+    match command {
+        SourceCommand::Barrier(barrier) => {
+            let positions = source.snapshot(&barrier).await.map_err(fail)?;
+            chain.push(StreamElement::Barrier(barrier)).await?;
+            if let Some(participant) = participant {
+                participant.ack(barrier.epoch, Some(positions), Default::default());
+            }
+        }
+        SourceCommand::CheckpointComplete(epoch) => {
+            source.on_checkpoint_complete(epoch).await.map_err(fail)?;
+            chain.checkpoint_complete(epoch).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Ends a source subtask's input: the final watermark, then (in a checkpointed job) the final

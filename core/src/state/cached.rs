@@ -77,6 +77,99 @@ pub(crate) struct CachedTable<K, V> {
     /// does not read the store again. Dropped at the next snapshot or when the cache is
     /// emptied; a key's entry goes when the key is loaded, before it can be written.
     scanned: RefCell<FxHashMap<K, sled::IVec>>,
+    /// The hashes of the keys changed since the last write, while they are few.
+    changed: ChangeLog,
+}
+
+/// The smallest number of changed keys a table lists before it stops listing them.
+const CHANGE_LOG_MIN: usize = 4096;
+
+/// The hashes of the keys that changed since a durable table's last write, as long as they
+/// are few: a snapshot of a few changed keys then finds them by hash instead of reading the
+/// whole table (1 % of a million cached keys: about 1 ms instead of 16).
+#[derive(Debug, Default)]
+struct ChangeLog {
+    /// A key's hash is listed when its slot becomes dirty (so at most once per write).
+    hashes: Vec<u64>,
+    /// Too many keys changed, or the table has no store: the next write reads the whole
+    /// table, and nothing is listed until then.
+    overflowed: bool,
+}
+
+impl ChangeLog {
+    fn new(durable: bool) -> Self {
+        ChangeLog {
+            hashes: Vec::new(),
+            overflowed: !durable,
+        }
+    }
+
+    /// Notes that the slot of the key with `hash` became dirty, in a table of `len` slots.
+    /// Past an eighth of the table, reading the whole table is cheaper than the lookups.
+    #[inline]
+    fn note(&mut self, hash: u64, len: usize) {
+        if self.overflowed {
+            return;
+        }
+        if self.hashes.len() >= CHANGE_LOG_MIN.max(len / 8) {
+            self.overflowed = true;
+            self.hashes = Vec::new();
+        } else {
+            self.hashes.push(hash);
+        }
+    }
+
+    /// Starts over after a write of every dirty slot, or after the table was emptied.
+    fn reset(&mut self) {
+        self.hashes.clear();
+        self.overflowed = false;
+    }
+}
+
+/// A cached slot found by [`CachedTable::slot`], with what marking it dirty needs.
+struct SlotRef<'a, V> {
+    slot: &'a mut Slot<V>,
+    hash: u64,
+    changed: &'a mut ChangeLog,
+    len: usize,
+}
+
+impl<V> SlotRef<'_, V> {
+    /// Marks the slot changed since the last write.
+    #[inline]
+    fn mark_dirty(&mut self) {
+        if !self.slot.dirty {
+            self.slot.dirty = true;
+            self.changed.note(self.hash, self.len);
+        }
+    }
+}
+
+/// Encodes one dirty slot's change into its key group's buffer (nothing for a key created
+/// and deleted since the last write) and marks it clean. Returns whether it wrote a change.
+fn encode_change<K: Hash + Serialize, V: Serialize>(
+    groups: &mut [GroupChanges],
+    key: &K,
+    slot: &mut Slot<V>,
+    codec: &impl Fn(rmp_serde::encode::Error) -> StateError,
+) -> Result<bool, StateError> {
+    slot.dirty = false;
+    if slot.value.is_none() && !slot.stored {
+        return Ok(false);
+    }
+    // Value bytes: the expiry time, then the value; none for a deletion.
+    groups[key_group(stable_hash(key)) as usize].push(
+        |out| rmp_serde::encode::write(out, key).map_err(codec),
+        |out| match &slot.value {
+            Some(value) => {
+                out.extend_from_slice(&slot.expires_at.to_be_bytes());
+                rmp_serde::encode::write(out, value).map_err(codec)
+            }
+            None => Ok(()),
+        },
+    )?;
+    slot.stored = true;
+    Ok(true)
 }
 
 /// The smallest table size at which a table without a store sweeps out expired entries.
@@ -120,6 +213,7 @@ where
         ttl: Option<Ttl>,
         capacity: usize,
     ) -> Self {
+        let durable_table = durable.is_some();
         // Of any key group: some states (a subtask's own values) read keys of other groups.
         let empty = durable.as_ref().is_some_and(|d| {
             d.store
@@ -136,6 +230,7 @@ where
             uncached_absent: empty,
             uncached_unwritten: empty,
             scanned: RefCell::new(FxHashMap::default()),
+            changed: ChangeLog::new(durable_table),
         }
     }
 
@@ -193,10 +288,12 @@ where
 
     /// The key's slot, loaded from sled on a miss (a cached deletion or an absent key gives a
     /// slot with no value only if it is already cached).
-    fn slot(&mut self, key: &K) -> Option<&mut Slot<V>> {
+    fn slot(&mut self, key: &K) -> Option<SlotRef<'_, V>> {
         let hash = hash_of(key);
         let now = self.now();
         let cached = self.table.find(hash, |(k, _)| k == key).is_some();
+        // Counted before a miss adds the key: the change log needs only its magnitude.
+        let len = self.table.len();
         let slot = if cached {
             &mut self.table.find_mut(hash, |(k, _)| k == key)?.1
         } else {
@@ -218,24 +315,31 @@ where
                 .insert_unique(hash, (key.clone(), slot), |(k, _)| hash_of(k));
             &mut entry.into_mut().1
         };
-        if slot.value.is_some() && slot.expires_at <= now {
-            slot.value = None;
-            slot.dirty = true;
+        let mut found = SlotRef {
+            slot,
+            hash,
+            changed: &mut self.changed,
+            len,
+        };
+        if found.slot.value.is_some() && found.slot.expires_at <= now {
+            found.slot.value = None;
+            found.mark_dirty();
         }
-        Some(slot)
+        Some(found)
     }
 
     /// The key's value.
     pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
-        self.slot(key)?.value.as_ref()
+        self.slot(key)?.slot.value.as_ref()
     }
 
     /// The key's value, to change: it is marked changed (and its TTL restarts).
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let expires_at = self.expiry();
-        let slot = self.slot(key)?;
-        slot.value.as_ref()?;
-        slot.dirty = true;
+        let mut found = self.slot(key)?;
+        found.slot.value.as_ref()?;
+        found.mark_dirty();
+        let slot = found.slot;
         slot.expires_at = expires_at;
         slot.value.as_mut()
     }
@@ -247,12 +351,17 @@ where
         init: &mut dyn FnMut() -> V,
     ) -> (&mut V, bool) {
         let expires_at = self.expiry();
+        let hash = hash_of(key);
         let created = match self.slot(key) {
-            Some(slot) => slot.value.is_none(),
+            Some(mut found) => {
+                found.mark_dirty();
+                found.slot.value.is_none()
+            }
             None => {
                 self.make_room();
+                self.changed.note(hash, self.table.len());
                 self.table.insert_unique(
-                    hash_of(key),
+                    hash,
                     (
                         key.clone(),
                         Slot {
@@ -269,10 +378,9 @@ where
         };
         let slot = &mut self
             .table
-            .find_mut(hash_of(key), |(k, _)| k == key)
+            .find_mut(hash, |(k, _)| k == key)
             .expect("the slot was just found or made")
             .1;
-        slot.dirty = true;
         slot.expires_at = expires_at;
         if created {
             slot.value = Some(init());
@@ -283,14 +391,15 @@ where
     /// Sets the key's value, returning the old one.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let expires_at = self.expiry();
-        if let Some(slot) = self.slot(&key) {
-            slot.dirty = true;
-            slot.expires_at = expires_at;
-            return slot.value.replace(value);
+        if let Some(mut found) = self.slot(&key) {
+            found.mark_dirty();
+            found.slot.expires_at = expires_at;
+            return found.slot.value.replace(value);
         }
         self.make_room();
         let stored = !self.uncached_unwritten;
         let hash = hash_of(&key);
+        self.changed.note(hash, self.table.len());
         match self
             .table
             .entry(hash, |(k, _)| *k == key, |(k, _)| hash_of(k))
@@ -314,10 +423,10 @@ where
     /// Removes the key's value.
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         let durable = self.durable.is_some();
-        let slot = self.slot(key)?;
-        let old = slot.value.take();
-        if old.is_some() || slot.dirty {
-            slot.dirty = true;
+        let mut found = self.slot(key)?;
+        let old = found.slot.value.take();
+        if old.is_some() {
+            found.mark_dirty();
         }
         if !durable {
             // Nothing to write a deletion to: forget the key now.
@@ -400,6 +509,7 @@ where
             .wait_applied()
             .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
         self.table.clear();
+        self.changed.reset();
         // What was cached is now only in the store.
         self.uncached_absent = false;
         self.uncached_unwritten = false;
@@ -433,43 +543,54 @@ where
             action: "encode",
             message: e.to_string(),
         };
-        // One pass over the table: encode what changed, drop the slots of written deletions.
-        let mut failure = None;
+        // Slots of deletions are dropped once written (or once known to need no write).
         let mut dropped_written = false;
-        self.table.retain(|(key, slot)| {
-            if failure.is_some() {
-                return true;
-            }
-            if slot.dirty {
-                slot.dirty = false;
-                // A key created and deleted since the last write needs no write.
-                if slot.value.is_some() || slot.stored {
-                    // Value bytes: the expiry time, then the value; none for a deletion.
-                    let pushed = groups[key_group(stable_hash(key)) as usize].push(
-                        |out| rmp_serde::encode::write(out, key).map_err(codec),
-                        |out| match &slot.value {
-                            Some(value) => {
-                                out.extend_from_slice(&slot.expires_at.to_be_bytes());
-                                rmp_serde::encode::write(out, value).map_err(codec)
-                            }
-                            None => Ok(()),
-                        },
-                    );
-                    if let Err(error) = pushed {
-                        failure = Some(error);
-                        return true;
+        if self.changed.overflowed {
+            // One pass over the table: encode what changed, drop the slots of deletions.
+            let mut failure = None;
+            self.table.retain(|(key, slot)| {
+                if failure.is_some() {
+                    return true;
+                }
+                if slot.dirty {
+                    match encode_change(&mut groups, key, slot, &codec) {
+                        Ok(wrote) => entries += u64::from(wrote),
+                        Err(error) => {
+                            failure = Some(error);
+                            return true;
+                        }
                     }
-                    entries += 1;
-                    slot.stored = true;
+                }
+                dropped_written |= slot.value.is_none() && slot.stored;
+                slot.value.is_some()
+            });
+            if let Some(error) = failure {
+                // The checkpoint fails and the job restarts from the last complete one.
+                return Err(error);
+            }
+        } else {
+            // Few keys changed: find them by hash. A hash listed twice (two keys, or a key
+            // removed and added again) finds its slots clean the second time.
+            let mut deleted = Vec::new();
+            for &hash in &self.changed.hashes {
+                for (key, slot) in self.table.iter_hash_mut(hash) {
+                    if !slot.dirty {
+                        continue;
+                    }
+                    entries += u64::from(encode_change(&mut groups, key, slot, &codec)?);
+                    if slot.value.is_none() {
+                        dropped_written |= slot.stored;
+                        deleted.push(hash);
+                    }
                 }
             }
-            dropped_written |= slot.value.is_none() && slot.stored;
-            slot.value.is_some()
-        });
-        if let Some(error) = failure {
-            // The checkpoint fails and the job restarts from the last complete one.
-            return Err(error);
+            for hash in deleted {
+                while let Ok(entry) = self.table.find_entry(hash, |(_, s)| s.value.is_none()) {
+                    entry.remove();
+                }
+            }
         }
+        self.changed.reset();
         if dropped_written {
             self.uncached_unwritten = false;
         }
@@ -499,5 +620,98 @@ where
         }
         self.scanned.get_mut().clear();
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn table(store: &Arc<StateStore>, epoch: u64) -> CachedTable<u32, String> {
+        let durable = Durable {
+            store: store.clone(),
+            state_id: 0,
+            key_groups: 0..=KEY_GROUPS - 1,
+            epoch,
+        };
+        CachedTable::new("values", Some(durable), None, 1 << 20)
+    }
+
+    /// What a table reads back for every key below `keys`, through a fresh table over the
+    /// store (so from the store alone).
+    fn stored(store: &Arc<StateStore>, keys: u32) -> BTreeMap<u32, String> {
+        let mut fresh = table(store, 100);
+        (0..keys)
+            .filter_map(|k| fresh.get(&k).map(|v| (k, v.clone())))
+            .collect()
+    }
+
+    /// A snapshot finds its changes either by the hashes it listed (few changed keys) or by
+    /// reading the whole table (many): both must write the same changes, deletions included.
+    #[test]
+    fn snapshots_of_few_and_of_many_changes_write_the_same() {
+        const KEYS: u32 = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let first = store.begin_run(0).unwrap();
+        let mut values = table(&store, first);
+        let mut model = BTreeMap::new();
+
+        // Many changes: every key is new.
+        for k in 0..KEYS {
+            values.insert(k, format!("v{k}"));
+            model.insert(k, format!("v{k}"));
+        }
+        assert!(
+            values.changed.overflowed,
+            "20,000 changed keys are not listed"
+        );
+        values.snapshot(first).unwrap();
+        store.flush().unwrap();
+        assert_eq!(stored(&store, KEYS + 10), model);
+
+        // Few changes: updates, deletions, a key created and deleted, a new key, and a key
+        // deleted then set again.
+        *values.get_mut(&7).unwrap() = "changed".into();
+        model.insert(7, "changed".into());
+        values.insert(8, "replaced".into());
+        model.insert(8, "replaced".into());
+        for k in [9, 10, 11] {
+            values.remove(&k);
+            model.remove(&k);
+        }
+        values.insert(KEYS, "created".into());
+        values.remove(&KEYS);
+        values.insert(KEYS + 1, "new".into());
+        model.insert(KEYS + 1, "new".into());
+        values.remove(&12);
+        values.insert(12, "again".into());
+        model.insert(12, "again".into());
+        let (created, _) = values.get_or_insert_with(&(KEYS + 2), &mut || "init".into());
+        created.push('!');
+        model.insert(KEYS + 2, "init!".into());
+        assert!(!values.changed.overflowed);
+        let stats = values.snapshot(first + 1).unwrap();
+        assert_eq!(stats.entries, 8, "7, 8, 9, 10, 11, 12 and two new keys");
+        store.flush().unwrap();
+        assert_eq!(stored(&store, KEYS + 10), model);
+        // The slots of written deletions are gone from the cache.
+        assert!(values.table.iter().all(|(_, slot)| slot.value.is_some()));
+        assert!(values.table.iter().all(|(_, slot)| !slot.dirty));
+
+        // Nothing changed: nothing written.
+        assert_eq!(values.snapshot(first + 2).unwrap().entries, 0);
+
+        // Many changes again, after few: every other key deleted.
+        for k in (0..KEYS).step_by(2) {
+            values.remove(&k);
+            model.remove(&k);
+        }
+        assert!(values.changed.overflowed);
+        values.snapshot(first + 3).unwrap();
+        store.flush().unwrap();
+        assert_eq!(stored(&store, KEYS + 10), model);
     }
 }

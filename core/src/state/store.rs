@@ -574,7 +574,7 @@ impl Drop for StateStore {
 
 /// Bytes of merge output after which the writer flushes it, rather than leave it to the next
 /// checkpoint's flush.
-const MERGE_FLUSH_BYTES: u64 = 4 << 20;
+const MERGE_FLUSH_BYTES: u64 = 1 << 20;
 
 /// The writer thread: handed jobs first, merges when idle (and flushes what it merged, so a
 /// checkpoint's flush has only its own changes to write).
