@@ -535,8 +535,7 @@ where
         let Some(durable) = self.durable.clone() else {
             return Ok(SnapshotStats::default());
         };
-        let mut groups: Vec<GroupChanges> =
-            (0..KEY_GROUPS).map(|_| GroupChanges::default()).collect();
+        let mut groups = durable.store.snapshot_buffers(KEY_GROUPS as usize);
         let mut entries = 0u64;
         let codec = |e: rmp_serde::encode::Error| StateError::Codec {
             state: self.name.clone(),

@@ -104,7 +104,15 @@ pub(crate) struct Shared {
     /// Snapshot writes were applied that no flush has made durable yet: merging waits, so
     /// that the checkpoint's flush writes its own changes, not a merge's output too.
     unflushed: AtomicBool,
+    /// Emptied snapshot buffers, handed out again (see [`StateStore::snapshot_buffers`]).
+    spare_buffers: Mutex<Vec<Vec<GroupChanges>>>,
 }
+
+/// How many sets of snapshot buffers the store keeps for reuse.
+const SPARE_SETS: usize = 2;
+/// Buffers holding more than this are freed rather than kept: one snapshot of a very large
+/// change should not pin its memory for the rest of the run.
+const SPARE_SET_BYTES: usize = 64 << 20;
 
 /// The keyed state of one job, in sled under the job's state directory.
 #[derive(Debug)]
@@ -237,6 +245,7 @@ impl StateStore {
             merging: Mutex::new(()),
             merge_failed: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
+            spare_buffers: Mutex::new(Vec::new()),
         });
         let (sender, jobs) = mpsc::channel();
         let writer = shared.clone();
@@ -322,6 +331,16 @@ impl StateStore {
             let result = job(&self.shared);
             self.shared.applied(result);
         }
+    }
+
+    /// Empty buffers for one snapshot's changes, one per key group: buffers the writer is done
+    /// with when there are any. Reusing them spares a snapshot of a million keys growing
+    /// fresh buffers (and faulting in their pages) every checkpoint.
+    pub(crate) fn snapshot_buffers(&self, key_groups: usize) -> Vec<GroupChanges> {
+        let spare = lock(&self.shared.spare_buffers).pop();
+        let mut groups = spare.unwrap_or_default();
+        groups.resize_with(key_groups, GroupChanges::default);
+        groups
     }
 
     /// Waits until every job handed to the writer so far has been applied.
@@ -776,9 +795,32 @@ impl Shared {
         &self,
         state: u32,
         epoch: u64,
-        groups: Vec<GroupChanges>,
+        mut groups: Vec<GroupChanges>,
     ) -> Result<(), StateError> {
-        for (key_group, mut entries) in groups.into_iter().enumerate() {
+        let written = self.write_groups(state, epoch, &mut groups);
+        self.recycle(groups);
+        written
+    }
+
+    /// Keeps a snapshot's buffers for the next one (see [`StateStore::snapshot_buffers`]).
+    fn recycle(&self, mut groups: Vec<GroupChanges>) {
+        if groups.iter().map(GroupChanges::capacity).sum::<usize>() > SPARE_SET_BYTES {
+            return;
+        }
+        groups.iter_mut().for_each(GroupChanges::clear);
+        let mut spare = lock(&self.spare_buffers);
+        if spare.len() < SPARE_SETS {
+            spare.push(groups);
+        }
+    }
+
+    fn write_groups(
+        &self,
+        state: u32,
+        epoch: u64,
+        groups: &mut [GroupChanges],
+    ) -> Result<(), StateError> {
+        for (key_group, entries) in groups.iter_mut().enumerate() {
             if entries.is_empty() {
                 continue;
             }
