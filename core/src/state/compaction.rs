@@ -53,8 +53,8 @@ pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<us
     (count >= MIN_MERGE).then_some(start..start + count)
 }
 
-/// Merges the runs of the first group that needs it. Returns the bytes it wrote, `None` when
-/// no group needs a merge.
+/// Merges the runs of the first group that needs it. Returns the bytes it wrote and removed
+/// (sled rewrites the pages of both on its next flush), `None` when no group needs a merge.
 pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
     let _merging = shared.merging.lock().unwrap_or_else(|p| p.into_inner());
     let visibility = read(&shared.visibility).clone();
@@ -96,7 +96,8 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
     if runs.is_empty() {
         manifest.remove(&(state, key_group));
     }
-    Ok(Some(replacement.map_or(0, |r| r.bytes)))
+    let removed: u64 = window.iter().map(|r| r.bytes).sum();
+    Ok(Some(replacement.map_or(0, |r| r.bytes) + removed))
 }
 
 #[cfg(test)]

@@ -591,8 +591,8 @@ impl Drop for StateStore {
     }
 }
 
-/// Bytes of merge output after which the writer flushes it, rather than leave it to the next
-/// checkpoint's flush.
+/// Bytes of runs merged (written and removed) after which the writer flushes, rather than
+/// leave the pages they dirtied to the next checkpoint's flush.
 const MERGE_FLUSH_BYTES: u64 = 1 << 20;
 
 /// The writer thread: handed jobs first, merges when idle (and flushes what it merged, so a
@@ -846,7 +846,7 @@ impl Shared {
     }
 
     /// Merges the runs of one group that need it (see [`compaction`](super::compaction)),
-    /// unless snapshot writes wait for their flush. Returns the bytes written, `None` when
+    /// unless snapshot writes wait for their flush. Returns the bytes written and removed, `None` when
     /// it merged nothing.
     fn merge_one(&self) -> Option<u64> {
         if self.merge_failed.load(Ordering::SeqCst) || self.unflushed.load(Ordering::SeqCst) {
