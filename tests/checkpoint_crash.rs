@@ -5,6 +5,10 @@
 //! to the end. The committed output must equal the output of an uninterrupted run: nothing lost,
 //! nothing duplicated.
 //!
+//! The same with the idempotent sink: the output may hold copies, but every copy carries the
+//! `omstream.id` of its first one and is byte-identical to it, and the output deduplicated by
+//! id equals the output of an uninterrupted run.
+//!
 //! The job runs in child processes: this test binary run again with `OMSTREAM_TEST_CHILD` set,
 //! executing the ignored `child_job` test.
 
@@ -15,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use omstream::core::checkpoint::{CheckpointConfig, CheckpointStore};
-use omstream::core::connectors::{EventTimeFrom, OmsSinkConfig, OmsSourceConfig};
+use omstream::core::connectors::exactly_once::DeliveryGuarantee;
+use omstream::core::connectors::{EventTimeFrom, OmsSinkConfig, OmsSourceConfig, IDEMPOTENT_ID};
 use omstream::core::runtime::WatermarkStrategy;
 use omstream::oms::embedded::EMBEDDED_DIR;
 use omstream::oms::{connect, KeyValue, Message, QueueConfig, ServiceLifecycle};
@@ -48,26 +53,34 @@ struct Total {
 }
 
 /// Child: runs the job once. `OMSTREAM_TEST_CHILD` =
-/// `<store>|<state dir>|<output queue>|<max rate, 0: none>|<parallelism>`.
+/// `<store>|<state dir>|<output queue>|<max rate, 0: none>|<parallelism>|<sink guarantee>`.
 #[test]
 #[ignore = "run only as a child process of the tests below"]
 fn child_job() {
     run_as_child(
         "omstream_core::checkpoint=debug",
-        |[store, state, output, rate, parallelism]| async move {
+        |[store, state, output, rate, parallelism, guarantee]| async move {
             run_job(
                 Path::new(&store),
                 Path::new(&state),
                 &output,
                 rate.parse().unwrap(),
                 parallelism.parse().unwrap(),
+                guarantee.parse().unwrap(),
             )
             .await
         },
     );
 }
 
-async fn run_job(store: &Path, state: &Path, output: &str, rate: f64, parallelism: usize) {
+async fn run_job(
+    store: &Path,
+    state: &Path,
+    output: &str,
+    rate: f64,
+    parallelism: usize,
+    guarantee: DeliveryGuarantee,
+) {
     let ap = connect(
         "oms:embedded://localhost/crash",
         KeyValue::new().with(EMBEDDED_DIR, store.display()),
@@ -111,7 +124,7 @@ async fn run_job(store: &Path, state: &Path, output: &str, rate: f64, parallelis
         .add_oms_sink(
             OmsSinkConfig::new(ap.clone(), output)
                 .key(|t: &Total| t.key.clone())
-                .exactly_once(),
+                .with_delivery_guarantee(guarantee),
         )
         .unwrap();
     env.execute().await.unwrap();
@@ -145,13 +158,21 @@ impl AggregateFunction<Event> for SumAndCount {
 }
 
 /// Starts a run of the job in a child process.
-fn spawn_job(store: &Path, state: &Path, output: &str, rate: u32, parallelism: usize) -> Child {
+fn spawn_job(
+    store: &Path,
+    state: &Path,
+    output: &str,
+    rate: u32,
+    parallelism: usize,
+    guarantee: DeliveryGuarantee,
+) -> Child {
     spawn_child(&[
         &store.display().to_string(),
         &state.display().to_string(),
         output,
         &rate.to_string(),
         &parallelism.to_string(),
+        &guarantee.to_string(),
     ])
 }
 
@@ -219,24 +240,70 @@ async fn fill_input(store: &Path) {
     producer.stop().await.unwrap();
 }
 
-async fn totals_in(store: &Path, queue: &str) -> Vec<Total> {
+/// The totals in `queue`, sorted. An idempotent sink's output is deduplicated by id first,
+/// after checking that every copy is byte-identical to the first one with its id.
+async fn totals_in(store: &Path, queue: &str, guarantee: DeliveryGuarantee) -> Vec<Total> {
     let ap = connect(
         "oms:embedded://localhost/crash",
         KeyValue::new().with(EMBEDDED_DIR, store.display()),
     )
     .await
     .unwrap();
-    let mut totals: Vec<Total> = support::read_json(&ap, queue).await;
+    let mut totals: Vec<Total> = if guarantee == DeliveryGuarantee::Idempotent {
+        let messages: Vec<Message> = support::read_queue(&ap, queue)
+            .await
+            .into_values()
+            .flatten()
+            .collect();
+        let mut first: BTreeMap<String, &Message> = BTreeMap::new();
+        for message in &messages {
+            let id = message
+                .properties
+                .get_str(IDEMPOTENT_ID)
+                .unwrap_or_else(|| panic!("a message without {IDEMPOTENT_ID}: {message:?}"));
+            if let Some(seen) = first.insert(id.to_string(), message) {
+                assert!(
+                    seen.data == message.data
+                        && seen.extension_header.message_key
+                            == message.extension_header.message_key
+                        && seen.properties == message.properties,
+                    "two messages with id {id} differ: {seen:?} and {message:?}"
+                );
+            }
+        }
+        eprintln!(
+            "{queue}: {} messages, {} copies of an earlier id",
+            messages.len(),
+            messages.len() - first.len()
+        );
+        first
+            .values()
+            .map(|m| serde_json::from_slice(&m.data).expect("a JSON body"))
+            .collect()
+    } else {
+        support::read_json(&ap, queue).await
+    };
     totals.sort();
     totals
 }
 
-fn kill_and_restart(store: &Path, parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize) {
+fn kill_and_restart(
+    store: &Path,
+    parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize,
+    guarantee: DeliveryGuarantee,
+) {
     let state = store.join("job-state");
     let mut rng = rand::rng();
     let (mut kills, mut during_checkpoint) = (0, 0);
     while kills < 25 {
-        let mut child = spawn_job(store, &state, "out", 20_000, parallelism(&mut rng));
+        let mut child = spawn_job(
+            store,
+            &state,
+            "out",
+            20_000,
+            parallelism(&mut rng),
+            guarantee,
+        );
         let log = follow_checkpoints(&mut child);
         if kills % 2 == 0 {
             // Anywhere from the start: during recovery, before the first checkpoint, or later.
@@ -279,12 +346,15 @@ fn kill_and_restart(store: &Path, parallelism: impl Fn(&mut rand::rngs::ThreadRn
     );
     // The last run goes to the end, unthrottled.
     let started = std::time::Instant::now();
-    let child = spawn_job(store, &state, "out", 0, parallelism(&mut rng));
+    let child = spawn_job(store, &state, "out", 0, parallelism(&mut rng), guarantee);
     wait_done(child, "the final run");
     eprintln!("final run: {:?}", started.elapsed());
 }
 
-async fn crash_test(parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + Send + 'static) {
+async fn crash_test(
+    parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + Send + 'static,
+    guarantee: DeliveryGuarantee,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().to_path_buf();
     fill_input(&store).await;
@@ -292,11 +362,11 @@ async fn crash_test(parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + 
     let started = std::time::Instant::now();
     let reference_state = store.join("reference-state");
     wait_done(
-        spawn_job(&store, &reference_state, "reference", 0, 2),
+        spawn_job(&store, &reference_state, "reference", 0, 2, guarantee),
         "the reference run",
     );
     eprintln!("reference run: {:?}", started.elapsed());
-    let expected = totals_in(&store, "reference").await;
+    let expected = totals_in(&store, "reference", guarantee).await;
     assert_eq!(
         expected.iter().map(|t| t.count).sum::<u64>(),
         EVENTS as u64,
@@ -304,11 +374,11 @@ async fn crash_test(parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + 
     );
     let started = std::time::Instant::now();
     let crash_store = store.clone();
-    tokio::task::spawn_blocking(move || kill_and_restart(&crash_store, parallelism))
+    tokio::task::spawn_blocking(move || kill_and_restart(&crash_store, parallelism, guarantee))
         .await
         .unwrap();
     eprintln!("kills and final run: {:?}", started.elapsed());
-    let actual = totals_in(&store, "out").await;
+    let actual = totals_in(&store, "out", guarantee).await;
     let mut counts: BTreeMap<&Total, (u32, u32)> = BTreeMap::new();
     for total in &expected {
         counts.entry(total).or_default().0 += 1;
@@ -328,10 +398,21 @@ async fn crash_test(parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize + 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    crash_test(|_| 2).await;
+    crash_test(|_| 2, DeliveryGuarantee::ExactlyOnce).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_at_other_parallelisms_lose_and_duplicate_nothing() {
-    crash_test(|rng| rng.random_range(1..=3)).await;
+    crash_test(
+        |rng| rng.random_range(1..=3),
+        DeliveryGuarantee::ExactlyOnce,
+    )
+    .await;
+}
+
+/// The idempotent sink, at random parallelisms: copies only under the id of their first one,
+/// byte-identical, and nothing lost or duplicated once deduplicated by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotent_sink_sends_copies_only_under_the_same_id_through_sigkills() {
+    crash_test(|rng| rng.random_range(1..=3), DeliveryGuarantee::Idempotent).await;
 }

@@ -9,7 +9,8 @@
 //! 3. operators with several inputs align the barrier, then every stateful operator writes
 //!    what its state changed since `n - 1` (handed to the state store's writer as runs of
 //!    epoch `n`, see [`StateStore`](crate::state::StateStore)), and forwards it;
-//! 4. sinks pre-commit (an exactly-once sink prepares its transaction for epoch `n`);
+//! 4. sinks pre-commit (an exactly-once sink prepares its transaction for epoch `n`; an
+//!    idempotent one puts the epoch's messages into its keyed state, snapshotted as in 3);
 //! 5. when every subtask has acknowledged `n`, the state store is flushed (which waits for
 //!    its writer) and the checkpoint
 //!    record (epoch, source offsets, job graph fingerprint, sizes, timings) is written

@@ -81,7 +81,7 @@ const RESOLVE_PASSES: usize = 3;
 
 /// What a consumer of a sink's queue can rely on.
 ///
-/// Parsed from and shown as `at-least-once` and `exactly-once`.
+/// Parsed from and shown as `at-least-once`, `exactly-once` and `idempotent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum DeliveryGuarantee {
@@ -92,6 +92,12 @@ pub enum DeliveryGuarantee {
     /// Every record is visible exactly once, after the checkpoint that covers it completes.
     /// Needs a job with checkpoints and a driver with transactions.
     ExactlyOnce,
+    /// Every record is sent after the checkpoint that covers it completes, with a
+    /// deterministic id in property [`IDEMPOTENT_ID`](super::idempotent::IDEMPOTENT_ID); a
+    /// copy sent again after a crash is byte-identical and carries the same id. Exactly-once
+    /// for consumers that drop messages whose id they have seen; at-least-once otherwise.
+    /// Needs a job with checkpoints; any driver (see [`idempotent`](super::idempotent)).
+    Idempotent,
 }
 
 impl fmt::Display for DeliveryGuarantee {
@@ -99,6 +105,7 @@ impl fmt::Display for DeliveryGuarantee {
         f.write_str(match self {
             DeliveryGuarantee::AtLeastOnce => "at-least-once",
             DeliveryGuarantee::ExactlyOnce => "exactly-once",
+            DeliveryGuarantee::Idempotent => "idempotent",
         })
     }
 }
@@ -110,8 +117,9 @@ impl FromStr for DeliveryGuarantee {
         match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
             "at-least-once" => Ok(DeliveryGuarantee::AtLeastOnce),
             "exactly-once" => Ok(DeliveryGuarantee::ExactlyOnce),
+            "idempotent" => Ok(DeliveryGuarantee::Idempotent),
             _ => Err(format!(
-                "unknown delivery guarantee '{s}'; use 'at-least-once' or 'exactly-once'"
+                "unknown delivery guarantee '{s}'; use 'at-least-once', 'exactly-once' or 'idempotent'"
             )),
         }
     }
@@ -609,16 +617,19 @@ mod tests {
 
     #[test]
     fn guarantees_parse_and_print() {
-        for g in [
-            DeliveryGuarantee::AtLeastOnce,
-            DeliveryGuarantee::ExactlyOnce,
+        for (g, text) in [
+            (DeliveryGuarantee::AtLeastOnce, "at-least-once"),
+            (DeliveryGuarantee::ExactlyOnce, "exactly-once"),
+            (DeliveryGuarantee::Idempotent, "idempotent"),
         ] {
-            assert_eq!(g.to_string().parse::<DeliveryGuarantee>(), Ok(g));
+            assert_eq!(g.to_string(), text);
+            assert_eq!(text.parse::<DeliveryGuarantee>(), Ok(g));
         }
         assert_eq!("EXACTLY_ONCE".parse(), Ok(DeliveryGuarantee::ExactlyOnce));
-        assert!("twice"
-            .parse::<DeliveryGuarantee>()
-            .unwrap_err()
-            .contains("exactly-once"));
+        assert_eq!(" Idempotent ".parse(), Ok(DeliveryGuarantee::Idempotent));
+        assert_eq!(
+            "twice".parse::<DeliveryGuarantee>().unwrap_err(),
+            "unknown delivery guarantee 'twice'; use 'at-least-once', 'exactly-once' or 'idempotent'"
+        );
     }
 }

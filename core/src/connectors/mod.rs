@@ -14,8 +14,9 @@
 //!   completes and, by default, when the job ends successfully ([`CommitPolicy`]); a later run can start at
 //!   [`StartPosition::Committed`].
 //! - [`Stream::add_oms_sink`](crate::runtime::Stream::add_oms_sink) writes records through a
-//!   [`Producer`](crate::oms::Producer), one batch send per batch, with the key and
-//!   properties taken from each record ([`OmsSinkConfig`]).
+//!   [`Producer`](crate::oms::Producer), with the key and properties taken from each record
+//!   ([`OmsSinkConfig`]): at-least-once by default (one batch send per batch),
+//!   [`exactly_once`] with transactions, or [`idempotent`] with deterministic message ids.
 //!
 //! ```
 //! use omstream_core::connectors::{OmsSinkConfig, OmsSourceConfig};
@@ -51,6 +52,7 @@ mod error;
 mod event_time;
 pub mod exactly_once;
 mod format;
+pub mod idempotent;
 mod metrics;
 mod retry;
 mod sink;
@@ -62,6 +64,7 @@ pub use error::{ConnectorError, QueueRole};
 pub use event_time::EventTimeFrom;
 pub use exactly_once::{DeliveryGuarantee, ExactlyOnceError};
 pub use format::{Decoder, Encoder};
+pub use idempotent::{IdempotentError, IDEMPOTENT_ID};
 pub use metrics::SourceMetrics;
 pub use retry::{RetryPolicy, STILL_FAILING_EVERY};
 pub use sink::{OmsSinkConfig, DEFAULT_LEFTOVER_WAIT};

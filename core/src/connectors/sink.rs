@@ -1,6 +1,7 @@
 //! The OMS sink: writes records to a queue through a [`Producer`], one batch send per batch
-//! (at-least-once), or in batch transactions committed per checkpoint (exactly-once, see
-//! [`exactly_once`](super::exactly_once)).
+//! (at-least-once), in batch transactions committed per checkpoint (exactly-once, see
+//! [`exactly_once`](super::exactly_once)), or through a write-ahead log in keyed state, sent
+//! per checkpoint with deterministic ids (idempotent, see [`idempotent`](super::idempotent)).
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use super::error::{ConnectorError, QueueRole};
 use super::exactly_once::{DeliveryGuarantee, ExactlyOnceSink};
 use super::format::Encoder;
+use super::idempotent::IdempotentSink;
 use super::retry::{Retrier, RetryPolicy};
 use crate::oms::{KeyValue, Message, MessagingAccessPoint, Producer, ServiceLifecycle};
 use crate::runtime::{Batch, BoxError, Data, RuntimeError, Sink, Stream, SubtaskInfo};
@@ -36,6 +38,13 @@ type PropertiesFn<T> = dyn Fn(&T, &mut KeyValue) + Send + Sync;
 ///   but only after a checkpoint, and the job needs checkpoints
 ///   ([`JobConfig::with_checkpoints`](crate::runtime::JobConfig::with_checkpoints)). See
 ///   [`exactly_once`](super::exactly_once) for the protocol.
+/// - [`Idempotent`](DeliveryGuarantee::Idempotent) ([`idempotent`](Self::idempotent)), for
+///   drivers without transactions: each checkpoint's messages are kept in the sink's keyed
+///   state and sent once the checkpoint completes, each with a deterministic id
+///   ([`IDEMPOTENT_ID`](super::idempotent::IDEMPOTENT_ID)); after a failure, only messages
+///   of completed checkpoints are sent again, byte-identical and with the same ids.
+///   Exactly-once for consumers that drop ids they have seen, at-least-once otherwise; the
+///   job needs checkpoints. See [`idempotent`](super::idempotent) for the protocol.
 ///
 /// ```
 /// use omstream_core::connectors::exactly_once::DeliveryGuarantee;
@@ -134,8 +143,8 @@ impl<T> OmsSinkConfig<T> {
     /// (default: [`RetryPolicy::default`], backoff up to 5 s, giving up after 5 minutes).
     /// While it retries, the sink holds its batch and the job pauses behind it. A retried
     /// send whose first attempt was stored after all (its answer was lost) is stored twice
-    /// by the at-least-once sink; the exactly-once sink's records are in a transaction that
-    /// is only committed once.
+    /// by the at-least-once sink (the idempotent sink's two copies carry the same id); the
+    /// exactly-once sink's records are in a transaction that is only committed once.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -189,6 +198,12 @@ impl<T> OmsSinkConfig<T> {
         self.with_delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     }
 
+    /// Makes the sink idempotent (see [`DeliveryGuarantee::Idempotent`]); the job must take
+    /// checkpoints.
+    pub fn idempotent(self) -> Self {
+        self.with_delivery_guarantee(DeliveryGuarantee::Idempotent)
+    }
+
     /// Sets the delivery guarantee (default: [`DeliveryGuarantee::AtLeastOnce`]).
     pub fn with_delivery_guarantee(mut self, guarantee: DeliveryGuarantee) -> Self {
         self.guarantee = guarantee;
@@ -206,7 +221,7 @@ impl<T> OmsSinkConfig<T> {
     /// reach 16 MiB, and at every checkpoint barrier). Bounds the sink's memory; larger
     /// transactions cost fewer files: each transaction waiting for its checkpoint keeps one
     /// staged file (on the embedded driver, an open one), so a long checkpoint interval at a
-    /// high rate wants a larger size. Ignored when at-least-once.
+    /// high rate wants a larger size. Ignored unless exactly-once.
     pub fn transaction_size(mut self, records: usize) -> Self {
         self.transaction_size = records;
         self
@@ -307,7 +322,8 @@ impl<T> OmsSinkConfig<T> {
 impl<T: Data> OmsSinkConfig<T> {
     /// A sink subtask as [`Stream::add_oms_sink`] makes one for each subtask: for driving a
     /// sink yourself (tests, a custom runtime) through the [`Sink`] methods, starting with
-    /// [`open`](Sink::open). The settings are not checked here; call
+    /// [`init_state`](Sink::init_state) (the idempotent sink keeps its messages in keyed
+    /// state) and [`open`](Sink::open). The settings are not checked here; call
     /// [`validate`](Self::validate) first.
     pub fn create_sink(&self) -> Box<dyn Sink<T>> {
         let config = Arc::new(self.clone());
@@ -319,6 +335,7 @@ impl<T: Data> OmsSinkConfig<T> {
                 producer: None,
             }),
             DeliveryGuarantee::ExactlyOnce => Box::new(ExactlyOnceSink::new(config)),
+            DeliveryGuarantee::Idempotent => Box::new(IdempotentSink::new(config)),
         }
     }
 }

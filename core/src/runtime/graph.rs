@@ -22,7 +22,7 @@ use super::error::{Result, RuntimeError};
 use super::gate::InputGate;
 use super::operator::{Operator, OperatorContext, SubtaskInfo};
 use super::partition::Partitioning;
-use super::sink::{Sink, SinkLink};
+use super::sink::{Sink, SinkLink, SinkStateContext};
 use super::source::{run_source, JobEnd, Source, SourceCommand, SourceContext};
 use super::task::run_operator;
 use crate::checkpoint::{JobFingerprint, NodeFingerprint, Participant, Wiring};
@@ -474,8 +474,18 @@ impl<T: Data> Stream<T> {
                     let info = ctx.subtask_info(&node_name, index, parallelism);
                     let sink = factory(&info);
                     let participant = ctx.participant(&info, false);
-                    Box::new(SinkLink::new(sink, info, node_metrics.clone(), participant))
-                        as Box<dyn Chain<T>>
+                    let states = SinkStateContext::new(
+                        info.clone(),
+                        ctx.config.state_backend.clone(),
+                        ctx.clock,
+                    );
+                    Box::new(SinkLink::new(
+                        sink,
+                        info,
+                        node_metrics.clone(),
+                        participant,
+                        states,
+                    )) as Box<dyn Chain<T>>
                 })
                 .collect();
             connect_inputs(ctx, &node_name, vec![input], links)

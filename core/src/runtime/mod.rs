@@ -48,7 +48,7 @@ pub use operator::{Operator, OperatorContext, OperatorResult, SubtaskInfo};
 pub use partition::{
     key_group, stable_hash, subtask_for_key_group, KeyHasher, Partitioning, KEY_GROUPS,
 };
-pub use sink::Sink;
+pub use sink::{Sink, SinkStateContext};
 pub use source::{Source, SourceCommand, SourceContext, SourceOutput, SourcePositions};
 pub use timers::{TimeDomain, TimerQueue, TimerService};
 pub use watermark::{PartitionWatermarks, WatermarkStrategy, WatermarkUpdate};
