@@ -101,8 +101,9 @@ pub(crate) struct Shared {
     pub(crate) merging: Mutex<()>,
     /// A merge failed: the writer stops merging (reads stay correct, only slower).
     merge_failed: AtomicBool,
-    /// Snapshot writes were applied that no flush has made durable yet: merging waits, so
-    /// that the checkpoint's flush writes its own changes, not a merge's output too.
+    /// A checkpoint was triggered, or snapshot writes were applied, that no flush has made
+    /// durable yet: merging waits, so that the checkpoint's flush writes its own changes, not
+    /// a merge's output too.
     unflushed: AtomicBool,
     /// Emptied snapshot buffers, handed out again (see [`StateStore::snapshot_buffers`]).
     spare_buffers: Mutex<Vec<Vec<GroupChanges>>>,
@@ -448,7 +449,15 @@ impl StateStore {
         self.wait_applied()?;
         let flushed = self.shared.db.flush().map_err(|e| self.err(e))?;
         self.shared.unflushed.store(false, Ordering::SeqCst);
+        self.wake_writer();
         Ok(flushed as u64)
+    }
+
+    /// Wakes the writer to merge, if runs need it: it waits for jobs when it has nothing to
+    /// merge or may not merge yet, and nothing else would wake it before the next snapshot
+    /// write, which pauses merging again.
+    fn wake_writer(&self) {
+        self.submit(Box::new(|_| Ok(())));
     }
 
     /// Bytes of runs written for snapshots since the last call (what a checkpoint wrote, when
@@ -469,11 +478,17 @@ impl StateStore {
 
     /// Records that epoch `epoch` was triggered. Durable before anything of it is: sled
     /// recovers a prefix of its writes, and this write comes first.
+    ///
+    /// Merging pauses from here until the checkpoint's [`flush`](Self::flush): while the
+    /// barrier travels, the writer flushes what it merged so far, so that the checkpoint's
+    /// flush writes the checkpoint's changes and not pages a merge dirtied (a checkpoint of
+    /// 1 % of a million keys right after one of all of them: 56 ms, most of it a merge's).
     pub fn set_last_triggered_epoch(&self, epoch: u64) -> Result<(), StateError> {
         self.shared
             .meta
             .insert(META_LAST_TRIGGERED, &epoch.to_be_bytes())
             .map_err(|e| self.err(e))?;
+        self.shared.unflushed.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -549,6 +564,9 @@ impl StateStore {
         if floor > visibility.floor {
             visibility.floor = floor;
             self.shared.save_visibility(&visibility)?;
+            drop(visibility);
+            // Runs below the new floor may be merged now.
+            self.wake_writer();
         }
         Ok(())
     }

@@ -192,3 +192,32 @@ fn ranges_merge() {
     merge_ranges(&mut r);
     assert_eq!(r, vec![(1, 6), (9, 10)]);
 }
+
+/// Regression: the writer merged only when a job woke it while no flush was awaited, which
+/// in a running job never happens (each snapshot's write sets the flag its flush clears), so
+/// runs piled up. Driven as the coordinator drives it, without `settle()`.
+#[test]
+fn runs_are_merged_in_the_background_between_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let first = store.begin_run(0).unwrap();
+    for epoch in first..first + 8 {
+        store.set_last_triggered_epoch(epoch).unwrap();
+        let value = format!("v{epoch}");
+        write(&store, epoch, &[(b"k", value.as_bytes())]);
+        store.flush().unwrap();
+        // Retaining 3 checkpoints.
+        store.set_floor(epoch.saturating_sub(2)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.runs(0, GROUP).len() > 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runs were not merged: {} runs",
+            store.runs(0, GROUP).len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let last = format!("v{}", first + 7);
+    assert_eq!(get(&store, b"k").as_deref(), Some(last.as_bytes()));
+}
