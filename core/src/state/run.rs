@@ -18,10 +18,15 @@ use sled::IVec;
 /// About how many bytes of entries a chunk holds (at least one entry, whatever its size).
 pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
 
-/// Bytes of a group prefix: state id (u32), key group (u16).
-pub(crate) const GROUP_PREFIX: usize = 4 + 2;
-/// Bytes of a run id: group prefix, inverted epoch (u64), inverted sequence (u32).
-pub(crate) const RUN_ID: usize = GROUP_PREFIX + 8 + 4;
+/// Bytes of a run id: state id (u32), inverted epoch (u64), inverted sequence (u32), key
+/// group (u16).
+///
+/// Epoch before key group: the runs of one checkpoint are neighbours in sled, ahead of every
+/// older run of the state, so a checkpoint's writes fill fresh leaves of sled's tree instead
+/// of landing between the chunks of older runs of each key group. (Group first, each small
+/// run of a checkpoint of few keys made sled rewrite a leaf full of older 32 KB chunks: a
+/// checkpoint of 10,000 keys after one of a million flushed 50 to 80 MB.)
+pub(crate) const RUN_ID: usize = 4 + 8 + 4 + 2;
 
 /// One run of one state and key group: the epoch its entries belong to, and a sequence that
 /// orders the runs of one epoch (a later write of the same epoch wins).
@@ -34,13 +39,14 @@ pub(crate) struct RunKey {
 }
 
 impl RunKey {
-    /// The run's id: the prefix of its chunks' keys and its manifest key. Newer runs of a
-    /// group sort first (epoch and sequence are stored inverted).
+    /// The run's id: the prefix of its chunks' keys and its manifest key (see [`RUN_ID`]).
+    /// Newer runs sort first (epoch and sequence are stored inverted), in each state and so
+    /// in each key group.
     pub(crate) fn id(&self) -> [u8; RUN_ID] {
         let mut id = [0u8; RUN_ID];
-        id[..GROUP_PREFIX].copy_from_slice(&group_prefix(self.state, self.key_group));
-        id[GROUP_PREFIX..GROUP_PREFIX + 8].copy_from_slice(&(!self.epoch).to_be_bytes());
-        id[GROUP_PREFIX + 8..].copy_from_slice(&(!self.seq).to_be_bytes());
+        id[..12].copy_from_slice(&epoch_prefix(self.state, self.epoch));
+        id[12..16].copy_from_slice(&(!self.seq).to_be_bytes());
+        id[16..].copy_from_slice(&self.key_group.to_be_bytes());
         id
     }
 
@@ -48,9 +54,9 @@ impl RunKey {
     pub(crate) fn from_id(id: &[u8]) -> RunKey {
         RunKey {
             state: u32::from_be_bytes(id[..4].try_into().expect("4 bytes")),
-            key_group: u16::from_be_bytes(id[4..6].try_into().expect("2 bytes")),
-            epoch: !u64::from_be_bytes(id[6..14].try_into().expect("8 bytes")),
-            seq: !u32::from_be_bytes(id[14..18].try_into().expect("4 bytes")),
+            epoch: !u64::from_be_bytes(id[4..12].try_into().expect("8 bytes")),
+            seq: !u32::from_be_bytes(id[12..16].try_into().expect("4 bytes")),
+            key_group: u16::from_be_bytes(id[16..18].try_into().expect("2 bytes")),
         }
     }
 
@@ -63,11 +69,12 @@ impl RunKey {
     }
 }
 
-/// The prefix of every run of one state and key group.
-pub(crate) fn group_prefix(state: u32, key_group: u16) -> [u8; GROUP_PREFIX] {
-    let mut prefix = [0u8; GROUP_PREFIX];
+/// The prefix of every run of one state and epoch: the ids of a state's runs of epochs
+/// `low..=high` lie from `epoch_prefix(state, high)` up to `epoch_prefix(state, low - 1)`.
+pub(crate) fn epoch_prefix(state: u32, epoch: u64) -> [u8; 12] {
+    let mut prefix = [0u8; 12];
     prefix[..4].copy_from_slice(&state.to_be_bytes());
-    prefix[4..].copy_from_slice(&key_group.to_be_bytes());
+    prefix[4..].copy_from_slice(&(!epoch).to_be_bytes());
     prefix
 }
 
@@ -410,7 +417,18 @@ mod tests {
         let later_same_epoch = RunKey { seq: 10, ..older };
         assert!(newer.id() < older.id());
         assert!(later_same_epoch.id() < older.id());
+        let other_group = RunKey {
+            key_group: 4,
+            ..later_same_epoch
+        };
+        assert!(other_group.id() < older.id(), "epoch before key group");
         assert_eq!(RunKey::from_id(&older.id()), older);
+        assert_eq!(RunKey::from_id(&other_group.id()), other_group);
+        // The ids of epochs 7 and 8 lie between the epoch prefixes of 8 and 6.
+        for run in [older, newer, other_group] {
+            assert!(epoch_prefix(1, 8)[..] <= run.id()[..]);
+            assert!(run.id()[..] < epoch_prefix(1, 6)[..]);
+        }
         assert!(older.chunk_key(b"k").starts_with(&older.id()));
     }
 }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use super::error::StateError;
-use super::run::{group_prefix, Chunk, ChunkBuilder, GroupChanges, RunKey, RunMeta, RUN_ID};
+use super::run::{epoch_prefix, Chunk, ChunkBuilder, GroupChanges, RunKey, RunMeta, RUN_ID};
 
 /// Which runs reads may see, and which runs may be merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,13 +57,14 @@ pub(crate) type Manifest = BTreeMap<(u32, u16), Vec<RunMeta>>;
 /// Work for the writer thread.
 pub(crate) type WriteJob = Box<dyn FnOnce(&Shared) -> Result<(), StateError> + Send>;
 
-/// Chunks of every run.
-const RUNS_TREE: &str = "runs";
+/// Chunks of every run (run ids with the epoch before the key group).
+const RUNS_TREE: &str = "runs-by-epoch";
 /// One entry per run: run id -> entries, bytes.
-const MANIFEST_TREE: &str = "manifest";
+const MANIFEST_TREE: &str = "manifest-by-epoch";
 const META_TREE: &str = "meta";
-/// Where an earlier layout (one sled entry per key and version) kept its data.
-const LEGACY_TREE: &str = "state";
+/// Where earlier layouts kept their data: one sled entry per key and version (`state`), and
+/// run ids with the key group before the epoch (`runs`, `manifest`).
+const LEGACY_TREES: [&str; 3] = ["state", "runs", "manifest"];
 const META_VISIBILITY: &[u8] = b"visibility";
 const META_LAST_TRIGGERED: &[u8] = b"last-triggered-epoch";
 const META_NEXT_STATE_ID: &[u8] = b"next-state-id";
@@ -138,7 +139,7 @@ fn is_locked(error: &sled::Error) -> bool {
 }
 
 /// State written by an omstream whose layout this one does not read (one sled entry per key
-/// and version, in 512 KB segments).
+/// and version in 512 KB segments, or run ids with the key group first).
 fn older_layout(path: &Path) -> StateError {
     StateError::Corrupt {
         path: path.to_path_buf(),
@@ -198,13 +199,12 @@ impl StateStore {
             }
         };
         let err = |e| StateError::store(&path, e);
-        if db
-            .tree_names()
-            .iter()
-            .any(|name| name == LEGACY_TREE.as_bytes())
-            && !db.open_tree(LEGACY_TREE).map_err(err)?.is_empty()
-        {
-            return Err(older_layout(&path));
+        for legacy in LEGACY_TREES {
+            if db.tree_names().iter().any(|name| name == legacy.as_bytes())
+                && !db.open_tree(legacy).map_err(err)?.is_empty()
+            {
+                return Err(older_layout(&path));
+            }
         }
         let runs = db.open_tree(RUNS_TREE).map_err(err)?;
         let manifest_tree = db.open_tree(MANIFEST_TREE).map_err(err)?;
@@ -538,16 +538,10 @@ impl StateStore {
         drop(manifest);
         let (low, high) = (*epochs.start(), *epochs.end());
         for state in 0..self.next_state_id()? {
-            for key_group in 0..crate::runtime::KEY_GROUPS as u16 {
-                let group = group_prefix(state, key_group);
-                let mut start = group.to_vec();
-                start.extend_from_slice(&(!high).to_be_bytes());
-                let mut end = group.to_vec();
-                end.extend_from_slice(&(!(low - 1)).to_be_bytes());
-                for entry in shared.runs.range(start..end) {
-                    let (key, _) = entry.map_err(|e| self.err(e))?;
-                    shared.runs.remove(key).map_err(|e| self.err(e))?;
-                }
+            let (start, end) = (epoch_prefix(state, high), epoch_prefix(state, low - 1));
+            for entry in shared.runs.range(start..end) {
+                let (key, _) = entry.map_err(|e| self.err(e))?;
+                shared.runs.remove(key).map_err(|e| self.err(e))?;
             }
         }
         Ok(())

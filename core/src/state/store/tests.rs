@@ -156,17 +156,19 @@ fn a_damaged_chunk_is_reported_with_what_to_do() {
 
 #[test]
 fn state_written_by_the_older_layout_is_refused_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("state.sled")).unwrap();
-        db.open_tree(LEGACY_TREE)
-            .unwrap()
-            .insert(b"k", b"v")
-            .unwrap();
-        db.flush().unwrap();
+    for legacy in LEGACY_TREES {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("state.sled")).unwrap();
+            db.open_tree(legacy).unwrap().insert(b"k", b"v").unwrap();
+            db.flush().unwrap();
+        }
+        let error = StateStore::open(dir.path()).unwrap_err();
+        assert!(
+            error.to_string().contains("older omstream"),
+            "{legacy}: {error}"
+        );
     }
-    let error = StateStore::open(dir.path()).unwrap_err();
-    assert!(error.to_string().contains("older omstream"), "{error}");
 }
 
 #[test]
