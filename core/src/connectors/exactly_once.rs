@@ -422,19 +422,9 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
             restored_epoch = ?subtask.restored_epoch,
             "opening an OMS sink"
         );
-        self.retrier.set_owner(format!(
-            "sink {} of queue '{}'",
-            self.task,
-            self.config.queue()
-        ));
-        let ap = self.config.access_point().clone();
-        let queue = self.config.queue().to_string();
-        self.retrier
-            .run("look up the queue", || async {
-                ap.resource_manager().await?.describe_queue(&queue).await
-            })
-            .await
-            .map_err(self.oms_error("look up"))?;
+        let config = self.config.clone();
+        config.check_queue(&mut self.retrier, &self.task).await?;
+        let ap = config.access_point().clone();
         let (attrs, listener): (KeyValue, Arc<dyn TransactionStateCheckListener>) =
             match ap.transaction_checks() {
                 TransactionChecks::WhileRunning => {

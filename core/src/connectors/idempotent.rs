@@ -356,19 +356,9 @@ impl<T: Data> Sink<T> for IdempotentSink<T> {
         );
         self.id_prefix = format!("{}/{}/", subtask.job, subtask.operator);
         self.index = u32::try_from(subtask.index)?;
-        self.retrier.set_owner(format!(
-            "sink {} of queue '{}'",
-            self.task,
-            self.config.queue()
-        ));
-        let ap = self.config.access_point().clone();
-        let queue = self.config.queue().to_string();
-        self.retrier
-            .run("look up the queue", || async {
-                ap.resource_manager().await?.describe_queue(&queue).await
-            })
-            .await
-            .map_err(self.oms_error("look up"))?;
+        let config = self.config.clone();
+        config.check_queue(&mut self.retrier, &self.task).await?;
+        let ap = config.access_point().clone();
         let producer = ap
             .create_producer(KeyValue::new())
             .await

@@ -255,6 +255,28 @@ impl<T> OmsSinkConfig<T> {
         &self.access_point
     }
 
+    /// Names `retrier`'s owner after sink subtask `task`, then checks that the queue exists,
+    /// retrying while the messaging service is out of reach: what every sink does first when
+    /// it opens.
+    pub(crate) async fn check_queue(
+        &self,
+        retrier: &mut Retrier,
+        task: &str,
+    ) -> Result<(), ConnectorError> {
+        retrier.set_owner(format!("sink {task} of queue '{}'", self.queue));
+        let ap = &self.access_point;
+        retrier
+            .run("look up the queue", || async {
+                ap.resource_manager()
+                    .await?
+                    .describe_queue(&self.queue)
+                    .await
+            })
+            .await
+            .map(drop)
+            .map_err(ConnectorError::oms(&self.queue, QueueRole::Sink, "look up"))
+    }
+
     fn operator_name(&self) -> String {
         self.name
             .clone()
@@ -388,23 +410,12 @@ impl<T: Data> Sink<T> for OmsSink<T> {
             guarantee = %config.guarantee,
             "opening an OMS sink"
         );
-        self.retrier.set_owner(format!(
-            "sink {} of queue '{}'",
-            subtask.task_name(),
-            config.queue
-        ));
+        config
+            .check_queue(&mut self.retrier, &subtask.task_name())
+            .await?;
         let error =
             |action: &'static str| ConnectorError::oms(&config.queue, QueueRole::Sink, action);
         let ap = &config.access_point;
-        self.retrier
-            .run("look up the queue", || async {
-                ap.resource_manager()
-                    .await?
-                    .describe_queue(&config.queue)
-                    .await
-            })
-            .await
-            .map_err(error("look up"))?;
         let producer = ap
             .create_producer(KeyValue::new())
             .await

@@ -117,18 +117,7 @@ impl<I: 'static, O: 'static> OperatorLink<I, O> {
         let created = self.ctx.created_states();
         let mut stats = SnapshotStats::default();
         self.guarded(|operator, _| {
-            let states = operator.keyed_state();
-            if states.len() < created {
-                return Err(format!(
-                    "the operator created {created} keyed states but its keyed_state() returns {}; \
-                     a checkpointed job needs every state listed there",
-                    states.len()
-                )
-                .into());
-            }
-            for state in states {
-                stats += state.snapshot(epoch)?;
-            }
+            stats = snapshot_listed_states("operator", operator.keyed_state(), created, epoch)?;
             Ok(())
         })?;
         Ok(stats)
@@ -398,4 +387,28 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// Snapshots the keyed states an operator or sink (`what`) lists, as part of checkpoint
+/// `epoch`. It created `created` states: listing fewer fails the checkpoint, since an unlisted
+/// state would silently not survive a crash.
+pub(crate) fn snapshot_listed_states(
+    what: &str,
+    states: Vec<&mut dyn crate::state::KeyedState>,
+    created: usize,
+    epoch: u64,
+) -> std::result::Result<SnapshotStats, super::error::BoxError> {
+    if states.len() < created {
+        return Err(format!(
+            "the {what} created {created} keyed states but its keyed_state() returns {}; \
+             a checkpointed job needs every state listed there",
+            states.len()
+        )
+        .into());
+    }
+    let mut stats = SnapshotStats::default();
+    for state in states {
+        stats += state.snapshot(epoch)?;
+    }
+    Ok(stats)
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::chain::{panic_message, Chain, OperatorMetrics};
+use super::chain::{panic_message, snapshot_listed_states, Chain, OperatorMetrics};
 use super::clock::ProcessingClock;
 use super::element::{Batch, CheckpointBarrier, EventTime, StreamElement};
 use super::error::{BoxError, Result, RuntimeError};
@@ -282,22 +282,7 @@ fn snapshot_state<T: 'static>(
     task: &str,
     epoch: u64,
 ) -> Result<SnapshotStats> {
-    let snapshot = || -> std::result::Result<SnapshotStats, BoxError> {
-        let states = sink.keyed_state();
-        if states.len() < created {
-            return Err(format!(
-                "the sink created {created} keyed states but its keyed_state() returns {}; \
-                 a checkpointed job needs every state listed there",
-                states.len()
-            )
-            .into());
-        }
-        let mut stats = SnapshotStats::default();
-        for state in states {
-            stats += state.snapshot(epoch)?;
-        }
-        Ok(stats)
-    };
+    let snapshot = || snapshot_listed_states("sink", sink.keyed_state(), created, epoch);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(snapshot)) {
         Ok(Ok(stats)) => Ok(stats),
         Ok(Err(error)) => Err(RuntimeError::task(task, error)),
