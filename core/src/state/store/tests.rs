@@ -211,8 +211,11 @@ fn runs_are_merged_in_the_background_between_checkpoints() {
         // Retaining 3 checkpoints.
         store.set_floor(epoch.saturating_sub(2)).unwrap();
     }
+    // Unmerged, the 8 runs stay. The floor ends at the 6th; depending on when the writer got
+    // to merge (the floor rose by one per checkpoint), the 6 runs at or below it end as one
+    // merged run plus up to 2 newer ones too few to merge again: 3 to 5 runs in all.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.runs(0, GROUP).len() > 4 {
+    while store.runs(0, GROUP).len() > 5 {
         assert!(
             std::time::Instant::now() < deadline,
             "runs were not merged: {} runs",
