@@ -317,7 +317,20 @@ fn kill_and_restart(
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+            if kills % 4 == 1 {
+                // Right after a checkpoint is triggered, before it completes: checkpoints of
+                // this job take a few milliseconds, which a random sleep rarely hits.
+                for _ in 0..3000 {
+                    let log = log.lock().unwrap();
+                    if log.triggered > log.completed {
+                        break;
+                    }
+                    drop(log);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+            }
         }
         let in_flight = {
             let log = log.lock().unwrap();
