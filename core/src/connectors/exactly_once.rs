@@ -278,13 +278,6 @@ impl<T> ExactlyOnceSink<T> {
         }
     }
 
-    fn oms_error(
-        &self,
-        action: &'static str,
-    ) -> impl FnOnce(crate::oms::OmsError) -> ConnectorError {
-        ConnectorError::oms(self.config.queue(), QueueRole::Sink, action)
-    }
-
     /// Commits or rolls back what earlier runs of this job left open for this sink.
     async fn resolve_leftovers(&self, lineage: &SubtaskInfo) -> Result<(), BoxError> {
         let restored = lineage.restored_epoch.unwrap_or(0);
@@ -304,15 +297,15 @@ impl<T> ExactlyOnceSink<T> {
                 .access_point()
                 .create_transactional_producer(KeyValue::new(), rule.clone())
                 .await
-                .map_err(self.oms_error("create a producer for"))?;
+                .map_err(self.config.sink_error("create a producer for"))?;
             resolver
                 .start()
                 .await
-                .map_err(self.oms_error("resolve the open transactions of"))?;
+                .map_err(self.config.sink_error("resolve the open transactions of"))?;
             resolver
                 .stop()
                 .await
-                .map_err(self.oms_error("resolve the open transactions of"))?;
+                .map_err(self.config.sink_error("resolve the open transactions of"))?;
             let committed = rule.committed.load(Ordering::Relaxed);
             let rolled_back = rule.rolled_back.load(Ordering::Relaxed);
             left = committed + rolled_back;
@@ -449,11 +442,11 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
         let producer = ap
             .create_transactional_producer(attrs, listener)
             .await
-            .map_err(self.oms_error("create a producer for"))?;
+            .map_err(self.config.sink_error("create a producer for"))?;
         self.retrier
             .run("start a producer", || producer.start())
             .await
-            .map_err(self.oms_error("start a producer for"))?;
+            .map_err(self.config.sink_error("start a producer for"))?;
         self.producer = Some(producer);
         self.current_epoch = subtask.first_epoch;
         self.epoch = self.current_epoch.to_string();
@@ -535,13 +528,7 @@ impl<T: Data> Sink<T> for ExactlyOnceSink<T> {
             );
             tokio::time::sleep(wait).await;
         }
-        if let Some(producer) = self.producer.take() {
-            producer
-                .stop()
-                .await
-                .map_err(self.oms_error("flush the producer of"))?;
-        }
-        Ok(())
+        Ok(self.config.stop_producer(self.producer.take()).await?)
     }
 }
 

@@ -60,7 +60,7 @@ use super::error::{ConnectorError, QueueRole};
 use super::exactly_once::DeliveryGuarantee;
 use super::retry::Retrier;
 use super::sink::OmsSinkConfig;
-use crate::oms::{KeyValue, Message, Producer, ServiceLifecycle};
+use crate::oms::{KeyValue, Message, Producer};
 use crate::runtime::{
     Batch, BoxError, CheckpointBarrier, Data, Sink, SinkStateContext, SubtaskInfo,
 };
@@ -182,13 +182,6 @@ impl<T> IdempotentSink<T> {
             logged: Vec::new(),
             pending: BTreeMap::new(),
         }
-    }
-
-    fn oms_error(
-        &self,
-        action: &'static str,
-    ) -> impl FnOnce(crate::oms::OmsError) -> ConnectorError {
-        ConnectorError::oms(self.config.queue(), QueueRole::Sink, action)
     }
 
     fn state(&mut self) -> Result<&mut dyn ValueState<PartKey, Vec<LoggedMessage>>, BoxError> {
@@ -358,16 +351,7 @@ impl<T: Data> Sink<T> for IdempotentSink<T> {
         self.index = u32::try_from(subtask.index)?;
         let config = self.config.clone();
         config.check_queue(&mut self.retrier, &self.task).await?;
-        let ap = config.access_point().clone();
-        let producer = ap
-            .create_producer(KeyValue::new())
-            .await
-            .map_err(self.oms_error("create a producer for"))?;
-        self.retrier
-            .run("start a producer", || producer.start())
-            .await
-            .map_err(self.oms_error("start a producer for"))?;
-        self.producer = Some(producer);
+        self.producer = Some(config.start_producer(&mut self.retrier).await?);
         self.epoch = subtask.first_epoch;
         self.seq = 0;
         self.part = 0;
@@ -435,13 +419,7 @@ impl<T: Data> Sink<T> for IdempotentSink<T> {
                  under other ids)"
             );
         }
-        if let Some(producer) = self.producer.take() {
-            producer
-                .stop()
-                .await
-                .map_err(self.oms_error("flush the producer of"))?;
-        }
-        Ok(())
+        Ok(self.config.stop_producer(self.producer.take()).await?)
     }
 }
 

@@ -255,6 +255,46 @@ impl<T> OmsSinkConfig<T> {
         &self.access_point
     }
 
+    /// The error of a failed call on this sink's queue: `action` says what was tried.
+    pub(crate) fn sink_error(
+        &self,
+        action: &'static str,
+    ) -> impl FnOnce(crate::oms::OmsError) -> ConnectorError {
+        ConnectorError::oms(&self.queue, QueueRole::Sink, action)
+    }
+
+    /// A started (non-transactional) producer, retrying its start while the messaging
+    /// service is out of reach.
+    pub(crate) async fn start_producer(
+        &self,
+        retrier: &mut Retrier,
+    ) -> Result<Producer, ConnectorError> {
+        let producer = self
+            .access_point
+            .create_producer(KeyValue::new())
+            .await
+            .map_err(self.sink_error("create a producer for"))?;
+        retrier
+            .run("start a producer", || producer.start())
+            .await
+            .map_err(self.sink_error("start a producer for"))?;
+        Ok(producer)
+    }
+
+    /// Stops a sink's producer, if it has one: the driver flushes what it may still buffer.
+    pub(crate) async fn stop_producer(
+        &self,
+        producer: Option<Producer>,
+    ) -> Result<(), ConnectorError> {
+        match producer {
+            Some(producer) => producer
+                .stop()
+                .await
+                .map_err(self.sink_error("flush the producer of")),
+            None => Ok(()),
+        }
+    }
+
     /// Names `retrier`'s owner after sink subtask `task`, then checks that the queue exists,
     /// retrying while the messaging service is out of reach: what every sink does first when
     /// it opens.
@@ -274,7 +314,7 @@ impl<T> OmsSinkConfig<T> {
             })
             .await
             .map(drop)
-            .map_err(ConnectorError::oms(&self.queue, QueueRole::Sink, "look up"))
+            .map_err(self.sink_error("look up"))
     }
 
     fn operator_name(&self) -> String {
@@ -413,18 +453,7 @@ impl<T: Data> Sink<T> for OmsSink<T> {
         config
             .check_queue(&mut self.retrier, &subtask.task_name())
             .await?;
-        let error =
-            |action: &'static str| ConnectorError::oms(&config.queue, QueueRole::Sink, action);
-        let ap = &config.access_point;
-        let producer = ap
-            .create_producer(KeyValue::new())
-            .await
-            .map_err(error("create a producer for"))?;
-        self.retrier
-            .run("start a producer", || producer.start())
-            .await
-            .map_err(error("start a producer for"))?;
-        self.producer = Some(producer);
+        self.producer = Some(config.start_producer(&mut self.retrier).await?);
         Ok(())
     }
 
@@ -458,13 +487,6 @@ impl<T: Data> Sink<T> for OmsSink<T> {
     /// Every batch was stored when `write_batch` returned; stopping the producer flushes
     /// whatever a driver may still buffer.
     async fn finish(&mut self) -> Result<(), BoxError> {
-        if let Some(producer) = self.producer.take() {
-            producer.stop().await.map_err(ConnectorError::oms(
-                &self.config.queue,
-                QueueRole::Sink,
-                "flush the producer of",
-            ))?;
-        }
-        Ok(())
+        Ok(self.config.stop_producer(self.producer.take()).await?)
     }
 }
