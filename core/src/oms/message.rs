@@ -64,9 +64,10 @@ pub struct Header {
     /// When the client sent the message (ms since the epoch); the producer fills it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub born_timestamp: Option<i64>,
-    /// The sending client's host; the producer fills it in.
+    /// The sending client's host; the producer fills it in. Shared, because every message of
+    /// one producer names the same host (a reader hands out one string, not one per message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub born_host: Option<String>,
+    pub born_host: Option<Arc<str>>,
     /// The requested delivery guarantee.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<Qos>,

@@ -277,7 +277,7 @@ pub struct Producer {
     next_interceptor: AtomicU64,
     state: LifecycleCell,
     /// What fills an empty `bornHost`; `None` when the driver records the host itself.
-    born_host: Option<String>,
+    born_host: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Producer {
@@ -307,7 +307,7 @@ pub fn now_millis() -> i64 {
 impl Producer {
     /// Wraps a driver's backend; the producer starts in `Initialized`.
     pub fn new(backend: Arc<dyn ProducerBackend>) -> Self {
-        let born_host = (!backend.records_born_host()).then(local_host_id);
+        let born_host = (!backend.records_born_host()).then(|| local_host_id().into());
         Self {
             backend,
             interceptors: RwLock::new(Vec::new()),

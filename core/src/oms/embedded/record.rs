@@ -251,7 +251,7 @@ pub(crate) fn encoded_len(m: &Message) -> usize {
     let x = &m.extension_header;
     2 + 8
         + s(&h.message_id)
-        + s(&h.born_host)
+        + h.born_host.as_ref().map_or(0, |s| 4 + s.len())
         + 1
         + s(&h.compression)
         + s(&x.message_key)
@@ -303,6 +303,16 @@ impl<'a> Cursor<'a> {
         let n = self.u32()? as usize;
         std::str::from_utf8(self.take(n)?)
             .map(str::to_owned)
+            .map_err(|_| "a header is not UTF-8")
+    }
+    /// A string shared as [`Arc<str>`], made straight from the record's bytes.
+    fn opt_shared(&mut self, present: bool) -> Result<Option<Arc<str>>, &'static str> {
+        if !present {
+            return Ok(None);
+        }
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?)
+            .map(|s| Some(Arc::from(s)))
             .map_err(|_| "a header is not UTF-8")
     }
     fn opt_string(&mut self, present: bool) -> Result<Option<String>, &'static str> {
@@ -385,7 +395,7 @@ pub(crate) fn decode_message_into(
     } else {
         message_id(at.queue_id, at.partition, rec.offset)
     });
-    let born_host = c.opt_string(has(F_BORN_HOST))?;
+    let born_host = c.opt_shared(has(F_BORN_HOST))?;
     let qos = if has(F_QOS) {
         Some(Qos::try_from(c.u8()?).map_err(|_| "bad qos")?)
     } else {

@@ -41,8 +41,10 @@ pub const PRIORITY: &str = "OMS_PRIORITY";
 pub const DELAY_TIME: &str = "OMS_DELAY_TIME";
 /// Prefix of a user property whose name RocketMQ reserves or that starts with `OMS_`.
 pub const ESCAPED_PROPERTY: &str = "OMS_P_";
-/// Property: the message id the driver gave the message at send. (`UNIQ_KEY` holds it too, but
-/// the broker stores every member of a batch with the batch's `UNIQ_KEY`.)
+/// Property: the message id, in messages stored by omstream's drivers before 2026-11-28 (which
+/// sent batches through the client's `send_batch`: the broker stored every member with the
+/// batch's `UNIQ_KEY`, so the member's own id needed a property of its own). Read only; it
+/// wins over `UNIQ_KEY` where present.
 pub const MESSAGE_ID: &str = "OMS_MESSAGE_ID";
 /// The property RocketMQ keeps the producer's unique message id in.
 const UNIQ_KEY: &str = "UNIQ_KEY";
@@ -129,9 +131,9 @@ fn check_value(name: &str, value: &str) -> Result<()> {
 }
 
 /// The RocketMQ message for `message`, sent to `topic`, with a new unique id (returned with
-/// it). RocketMQ's id (`UNIQ_KEY`) would be set by the client at send, but a batch's members
-/// come back with the batch's, so the driver sets the id itself, in `UNIQ_KEY` (which saves
-/// the client making one) and in [`MESSAGE_ID`], which readers prefer.
+/// it) in `UNIQ_KEY`, RocketMQ's own id property. The client would set one at send; setting
+/// it here gives the send results their ids without parsing the client's, and the producer
+/// sends batches without an id of their own, so a member keeps its id in the store.
 pub fn to_rocketmq(message: &Message, topic: &CheetahString) -> Result<(RmqMessage, String)> {
     if message.data.is_empty() {
         return Err(OmsError::message_format(
@@ -168,7 +170,7 @@ pub fn to_rocketmq(message: &Message, topic: &CheetahString) -> Result<(RmqMessa
     };
     let ours = CheetahString::from_static_str;
     if let Some(h) = &header.born_host {
-        put(ours(BORN_HOST), h.as_str().into())?;
+        put(ours(BORN_HOST), h.as_ref().into())?;
     }
     if let Some(q) = header.qos {
         put(ours(QOS), (q as u8).to_string().into())?;
@@ -204,9 +206,7 @@ pub fn to_rocketmq(message: &Message, topic: &CheetahString) -> Result<(RmqMessa
         put(name, value.into())?;
     }
     let id = MessageClientIDSetter::create_uniq_id();
-    let shared = CheetahString::from(id.as_str());
-    properties.insert(ours(UNIQ_KEY), shared.clone());
-    properties.insert(ours(MESSAGE_ID), shared);
+    properties.insert(ours(UNIQ_KEY), CheetahString::from(id.as_str()));
     Ok((rmq, id))
 }
 
@@ -220,7 +220,7 @@ pub fn from_rocketmq(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) 
 /// message to the next (the producer's address, written out once).
 #[derive(Debug, Default)]
 pub struct Decoder {
-    born_host: Option<(SocketAddr, String)>,
+    born_host: Option<(SocketAddr, Arc<str>)>,
 }
 
 impl Decoder {
@@ -237,7 +237,7 @@ impl Decoder {
             let host = match &self.born_host {
                 Some((address, host)) if *address == ext.born_host => host.clone(),
                 _ => {
-                    let host = ext.born_host.to_string();
+                    let host: Arc<str> = ext.born_host.to_string().into();
                     self.born_host = Some((ext.born_host, host.clone()));
                     host
                 }
@@ -258,7 +258,7 @@ fn decode(ext: &MessageExt, queue: &Arc<str>, store_host: &Arc<str>) -> Message 
         let (name, value) = (name.as_str(), value.as_str());
         match name {
             BORN_TIMESTAMP => message.header.born_timestamp = value.parse().ok(),
-            BORN_HOST => message.header.born_host = Some(value.to_string()),
+            BORN_HOST => message.header.born_host = Some(value.into()),
             QOS => {
                 message.header.qos = value.parse::<u8>().ok().and_then(|q| Qos::try_from(q).ok())
             }
@@ -354,7 +354,8 @@ mod tests {
         assert_eq!(get(BORN_TIMESTAMP), None);
         assert_eq!(get(BORN_HOST).as_deref(), Some("host:1"));
         assert_eq!(get(UNIQ_KEY).as_ref(), Some(&id));
-        assert_eq!(get(MESSAGE_ID), Some(id));
+        // One id property: `UNIQ_KEY`, RocketMQ's own.
+        assert_eq!(get(MESSAGE_ID), None);
         assert_eq!(get(TRACE_ID).as_deref(), Some("trace"));
         assert_eq!(get("color").as_deref(), Some("blue"));
         assert_eq!(get("KEYS").as_deref(), Some("customer-1"));
@@ -409,6 +410,13 @@ mod tests {
         );
         assert_eq!(old.header.born_timestamp, Some(42));
         assert!(old.properties.is_empty());
+        // A batch member stored by an earlier driver: `UNIQ_KEY` is the batch's, its own id
+        // is in `OMS_MESSAGE_ID`; today's members carry only their own `UNIQ_KEY`.
+        let member =
+            |properties| from_rocketmq(&stored("10.0.0.1:4000", properties), &queue, &store);
+        let earlier = member(&[(UNIQ_KEY, "BATCH"), (MESSAGE_ID, "OWN")]);
+        assert_eq!(earlier.message_id(), Some("OWN"));
+        assert_eq!(member(&[(UNIQ_KEY, "OWN")]).message_id(), Some("OWN"));
     }
 
     #[test]

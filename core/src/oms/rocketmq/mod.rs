@@ -16,7 +16,7 @@
 //! | consumer group (`CONSUMER_ID`) | consumer group; committed offsets are stored on the broker |
 //! | producer group (`PRODUCER_ID`) | producer group (default `omstream_producer`, `omstream_tx_producer` for transactional producers) |
 //! | `messageKey` | message keys (`KEYS`); the key also picks the partition (hash of the key) |
-//! | `messageId` | the producer's unique id (`UNIQ_KEY`), the `msg_id` a send returns; also in `OMS_MESSAGE_ID`, because the broker gives a batch's members the batch's `UNIQ_KEY` |
+//! | `messageId` | the producer's unique id (`UNIQ_KEY`), the `msg_id` a send returns (batches are sent without an id of their own, which the broker would give every member); messages stored by earlier omstream drivers carry it in `OMS_MESSAGE_ID` too, which wins |
 //! | `delayTime` | delivery at the shortest of the broker's delay levels (1 s to 2 h) at least that long; the asked delay is kept in `OMS_DELAY_TIME` |
 //! | `bornTimestamp`, `bornHost` | RocketMQ's born timestamp and born host, which the client records at send (the time it sent the message, a few ms after the producer's stamp, and its address `ip:port`); a `bornHost` the sender set itself is carried in `OMS_BORN_HOST` |
 //! | `transactionId` | the transaction id of a half message |
