@@ -150,13 +150,26 @@ async fn exactly_once_run(
     state: &std::path::Path,
     rate: f64,
 ) {
-    let env = StreamEnv::new(JobConfig::named(job).with_parallelism(2).with_checkpoints(
-        CheckpointConfig::new(state).with_interval(Some(Duration::from_millis(200))),
-    ));
     // The test broker checks back open transactions after 2 s, every second.
     let sink = OmsSinkConfig::new(ap.clone(), out)
         .exactly_once()
         .leftover_wait(Duration::from_secs(6));
+    checkpointed_run(job, ap, input, sink, state, rate).await;
+}
+
+/// One run of job `job` with checkpoints every 200 ms in `state` into `sink`, reading at most
+/// `rate` events/s (0: no limit).
+async fn checkpointed_run(
+    job: &str,
+    ap: &support::AccessPoint,
+    input: &str,
+    sink: OmsSinkConfig<UserCount>,
+    state: &std::path::Path,
+    rate: f64,
+) {
+    let env = StreamEnv::new(JobConfig::named(job).with_parallelism(2).with_checkpoints(
+        CheckpointConfig::new(state).with_interval(Some(Duration::from_millis(200))),
+    ));
     build(&env, ap, input, sink, rate);
     env.execute().await.unwrap();
 }
@@ -184,58 +197,51 @@ async fn a_checkpointed_job_writes_exactly_once_with_transactions_on_rocketmq() 
     assert_eq!(output(&ap, &out).await, expected());
 }
 
-/// Child: one run of the exactly-once job, killed by the test below.
-/// `OMSTREAM_TEST_CHILD` = `<url>|<input>|<output>|<state dir>`.
+/// Child: one run of the checkpointed job, killed by the tests below, with the exactly-once
+/// sink or the idempotent one.
+/// `OMSTREAM_TEST_CHILD` = `<url>|<input>|<output>|<state dir>|<exactly-once or idempotent>`.
 #[test]
-#[ignore = "run only as a child process of the test below"]
+#[ignore = "run only as a child process of the tests below"]
 fn child_job() {
     support::child::run_as_child(
         "omstream_core::connectors=info",
-        |[url, input, output, state]| async move {
+        |[url, input, output, state, guarantee]| async move {
             let ap = connect(&url, KeyValue::new()).await.unwrap();
-            exactly_once_run(
-                CRASH_JOB,
-                &ap,
-                &input,
-                &output,
-                std::path::Path::new(&state),
-                600.0,
-            )
-            .await;
+            let state = std::path::Path::new(&state);
+            if guarantee == "idempotent" {
+                let sink = OmsSinkConfig::new(ap.clone(), &output).idempotent();
+                checkpointed_run(IDEMPOTENT_CRASH_JOB, &ap, &input, sink, state, 600.0).await;
+            } else {
+                exactly_once_run(CRASH_JOB, &ap, &input, &output, state, 600.0).await;
+            }
         },
     );
 }
 
 const CRASH_JOB: &str = "rocketmq-eo-crash";
+const IDEMPOTENT_CRASH_JOB: &str = "rocketmq-idempotent-crash";
 
-/// Exactly once through crashes on RocketMQ: the checkpointed job with the exactly-once sink
-/// runs in a child process that is SIGKILLed at random moments, 4 times, then runs to the
-/// end. Transactions the killed runs left open are decided by the broker's check-backs to the
-/// later runs' writers (committed when their checkpoint completed, rolled back otherwise):
-/// the output is the recomputation, each window once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_killed_again_and_again_writes_exactly_once_on_rocketmq() {
+/// Runs the child job `guarantee` 4 times, each SIGKILLed after 1 to 3 s (of the 5 s a run
+/// takes), then once to the end. `on_line` sees every line the children log.
+async fn kill_again_and_again(
+    input: &str,
+    out: &str,
+    state: &std::path::Path,
+    guarantee: &str,
+    job: &str,
+    on_line: impl Fn(&str) + Clone + Send + 'static,
+) {
     use rand::Rng;
-    let (ap, input, out) = queues("eocrash").await;
-    let state = tempfile::tempdir().unwrap();
     let url = support::rocketmq::url();
-    let state_dir = state.path().display().to_string();
-    let spawn = || support::child::spawn_child(&[&url, &input, &out, &state_dir]);
-    // Counts the check-backs the children's writers decided, from their logs.
-    let decided = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let follow = |child: &mut std::process::Child| {
-        let decided = decided.clone();
-        support::child::follow(child, move |line| {
-            if line.contains("decided a transaction the broker checked back") {
-                decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
+    let state_dir = state.display().to_string();
+    let spawn = || {
+        let mut child = support::child::spawn_child(&[&url, input, out, &state_dir, guarantee]);
+        let logs = support::child::follow(&mut child, on_line.clone());
+        (child, logs)
     };
     let mut rng = rand::rng();
     for kill in 0..4 {
-        let mut child = spawn();
-        follow(&mut child);
-        // 3,000 events at 600/s take 5 s a run; a kill lands after 1 to 3 s of it.
+        let (mut child, _) = spawn();
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -244,19 +250,42 @@ async fn a_job_killed_again_and_again_writes_exactly_once_on_rocketmq() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    let completed = CheckpointStore::open(state.path(), CRASH_JOB)
-        .unwrap()
-        .list()
-        .unwrap()
-        .0;
+    let completed = CheckpointStore::open(state, job).unwrap().list().unwrap().0;
     assert!(
         !completed.is_empty(),
         "the killed runs completed checkpoints"
     );
-    let mut last = spawn();
-    let logs = follow(&mut last);
+    let (last, logs) = spawn();
     support::child::wait_done(last, "the final run");
     logs.join().unwrap();
+}
+
+/// Exactly once through crashes on RocketMQ: the checkpointed job with the exactly-once sink
+/// runs in a child process that is SIGKILLed at random moments, 4 times, then runs to the
+/// end. Transactions the killed runs left open are decided by the broker's check-backs to the
+/// later runs' writers (committed when their checkpoint completed, rolled back otherwise):
+/// the output is the recomputation, each window once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_again_and_again_writes_exactly_once_on_rocketmq() {
+    let (ap, input, out) = queues("eocrash").await;
+    let state = tempfile::tempdir().unwrap();
+    // Counts the check-backs the children's writers decided, from their logs.
+    let decided = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = decided.clone();
+    let on_line = move |line: &str| {
+        if line.contains("decided a transaction the broker checked back") {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    kill_again_and_again(
+        &input,
+        &out,
+        state.path(),
+        "exactly-once",
+        CRASH_JOB,
+        on_line,
+    )
+    .await;
     // A kill between a barrier and the commit after its checkpoint leaves transactions open;
     // the later runs' writers decide them when the broker asks (not every kill lands there).
     let decided = decided.load(std::sync::atomic::Ordering::Relaxed);
@@ -265,4 +294,56 @@ async fn a_job_killed_again_and_again_writes_exactly_once_on_rocketmq() {
     let want = expected();
     let duplicates = got.len().saturating_sub(want.len());
     assert_eq!(got, want, "{duplicates} more windows than expected");
+}
+
+/// The idempotent sink through crashes on RocketMQ: the same job, killed the same way, with
+/// the sink that sends each checkpoint's output after the checkpoint completed, every message
+/// under a deterministic `omstream.id`. A run restored after a kill sends again what the killed
+/// run may not have finished sending: the copies are byte-identical and under the same id, and
+/// the output deduplicated by id is the recomputation, each window once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_again_and_again_writes_each_window_under_one_id_with_the_idempotent_sink_on_rocketmq(
+) {
+    use omstream::core::connectors::IDEMPOTENT_ID;
+    let (ap, input, out) = queues("idemcrash").await;
+    let state = tempfile::tempdir().unwrap();
+    kill_again_and_again(
+        &input,
+        &out,
+        state.path(),
+        "idempotent",
+        IDEMPOTENT_CRASH_JOB,
+        |_| {},
+    )
+    .await;
+    let mut by_id: BTreeMap<String, Vec<Message>> = BTreeMap::new();
+    for message in support::read_queue(&ap, &out).await.into_values().flatten() {
+        let id = message
+            .properties
+            .get_str(IDEMPOTENT_ID)
+            .unwrap_or_else(|| panic!("a message without {IDEMPOTENT_ID}: {message:?}"))
+            .to_string();
+        by_id.entry(id).or_default().push(message);
+    }
+    let mut copies = 0;
+    let mut got = Vec::new();
+    for (id, messages) in &by_id {
+        let first = &messages[0];
+        for copy in &messages[1..] {
+            assert_eq!(copy.data, first.data, "{id}: the same body");
+            assert_eq!(
+                copy.properties, first.properties,
+                "{id}: the same properties"
+            );
+            assert_eq!(
+                copy.extension_header.message_key, first.extension_header.message_key,
+                "{id}: the same key"
+            );
+        }
+        copies += messages.len() - 1;
+        got.push(serde_json::from_slice::<UserCount>(&first.data).unwrap());
+    }
+    eprintln!("copies sent again under their id: {copies}");
+    got.sort();
+    assert_eq!(got, expected(), "the output deduplicated by id");
 }

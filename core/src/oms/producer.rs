@@ -19,8 +19,9 @@ use super::message::Message;
 pub struct SendResult {
     /// The provider-assigned message id.
     pub message_id: String,
-    /// The queue the message went to.
-    pub queue: String,
+    /// The queue the message went to. Shared, because the results of a batch name the same
+    /// queue or few.
+    pub queue: Arc<str>,
     /// The partition it was stored in.
     pub partition: i32,
     /// Its offset in that partition (`-1` while a transaction or a delay holds it back).
@@ -573,7 +574,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, m)| SendResult {
                     message_id: format!("id{i}"),
-                    queue: m.destination().to_string(),
+                    queue: m.header.destination.clone(),
                     partition: 0,
                     offset: i as i64,
                 })

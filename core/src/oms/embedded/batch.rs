@@ -357,7 +357,7 @@ impl Published {
                 next[g] += 1;
                 SendResult {
                     message_id: message_id(txid, i),
-                    queue: meta.queue.clone(),
+                    queue: meta.queue.as_str().into(),
                     partition: meta.partition,
                     offset,
                 }

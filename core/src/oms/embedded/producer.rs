@@ -232,11 +232,12 @@ fn send_blocking(shared: &Shared, messages: Vec<Message>, sticky: u32) -> Result
                 shared.store.forget(&queue.name);
             }
         })?;
+        let name: Arc<str> = queue.name.as_str().into();
         for (j, i) in indices.into_iter().enumerate() {
             let offset = first + j as i64;
             results[i] = Some(SendResult {
                 message_id: record::message_id(log.queue_id, log.partition, offset),
-                queue: queue.name.clone(),
+                queue: name.clone(),
                 partition: log.partition,
                 offset,
             });
@@ -255,7 +256,7 @@ fn send_blocking(shared: &Shared, messages: Vec<Message>, sticky: u32) -> Result
         )?;
         results[i] = Some(SendResult {
             message_id: id,
-            queue: queue.name.clone(),
+            queue: queue.name.as_str().into(),
             partition: p,
             offset: -1,
         });
@@ -517,7 +518,7 @@ impl PreparedTransaction for EmbeddedTransaction {
         drop(self.lock);
         Ok(SendResult {
             message_id: self.message.message_id().unwrap_or_default().to_string(),
-            queue: self.log.queue.to_string(),
+            queue: Arc::from(&*self.log.queue),
             partition: self.log.partition,
             offset,
         })

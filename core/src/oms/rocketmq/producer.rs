@@ -286,7 +286,7 @@ impl RocketMqProducer {
             for (i, (index, id)) in ids.into_iter().enumerate() {
                 let result = SendResult {
                     message_id: id,
-                    queue: target.queue.to_string(),
+                    queue: target.queue.clone(),
                     partition,
                     offset: sent.queue_offset as i64 + i as i64,
                 };
@@ -579,7 +579,7 @@ impl PreparedTransaction for HalfMessage {
     }
 
     async fn commit(self: Box<Self>) -> Result<SendResult> {
-        let queue = self.queue.clone();
+        let queue = self.queue.as_str().into();
         let id = self.id.clone();
         let sent = self.end(LocalTransactionState::CommitMessage).await?;
         Ok(SendResult {
