@@ -20,8 +20,8 @@ pub struct CachedValueState<K, V> {
 
 impl<K, V> CachedValueState<K, V>
 where
-    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
-    V: Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     pub(crate) fn new(name: &str, table: CachedTable<K, V>) -> Self {
         CachedValueState {
@@ -33,8 +33,8 @@ where
 
 impl<K, V> KeyedState for CachedValueState<K, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned,
-    V: Send + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     fn state_name(&self) -> &str {
         &self.name
@@ -47,8 +47,8 @@ where
 
 impl<K, V> ValueState<K, V> for CachedValueState<K, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned,
-    V: Send + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     fn get(&mut self, key: &K) -> Option<&V> {
         self.table.get(key)
@@ -88,9 +88,9 @@ pub struct CachedMapState<K, UK, V> {
 
 impl<K, UK, V> CachedMapState<K, UK, V>
 where
-    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
-    UK: Ord + Serialize + DeserializeOwned,
-    V: Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    UK: Ord + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     pub(crate) fn new(name: &str, table: CachedTable<K, BTreeMap<UK, V>>) -> Self {
         CachedMapState {
@@ -102,9 +102,9 @@ where
 
 impl<K, UK, V> KeyedState for CachedMapState<K, UK, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned,
-    UK: Ord + Send + Serialize + DeserializeOwned,
-    V: Send + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    UK: Ord + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     fn state_name(&self) -> &str {
         &self.name
@@ -117,9 +117,9 @@ where
 
 impl<K, UK, V> MapState<K, UK, V> for CachedMapState<K, UK, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned,
-    UK: Ord + Clone + Send + Serialize + DeserializeOwned,
-    V: Send + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    UK: Ord + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     fn get(&mut self, key: &K, user_key: &UK) -> Option<&V> {
         self.table.get(key)?.get(user_key)
@@ -194,8 +194,8 @@ pub struct CachedListState<K, V> {
 
 impl<K, V> CachedListState<K, V>
 where
-    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
-    V: Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     pub(crate) fn new(name: &str, table: CachedTable<K, Vec<V>>) -> Self {
         CachedListState {
@@ -207,8 +207,8 @@ where
 
 impl<K, V> KeyedState for CachedListState<K, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned,
-    V: Send + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     fn state_name(&self) -> &str {
         &self.name
@@ -221,8 +221,8 @@ where
 
 impl<K, V> ListState<K, V> for CachedListState<K, V>
 where
-    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned,
-    V: Send + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static,
+    V: Clone + Send + Serialize + DeserializeOwned + 'static,
 {
     fn add(&mut self, key: &K, value: V) {
         self.table

@@ -192,7 +192,7 @@ impl DurableBackend {
     fn table<K, V>(&self, subtask: &SubtaskInfo, name: &str, ttl: Option<Ttl>) -> CachedTable<K, V>
     where
         K: StateKey,
-        V: Serialize + DeserializeOwned,
+        V: Clone + Send + Serialize + DeserializeOwned + 'static,
     {
         let state_id = self
             .store
@@ -231,7 +231,9 @@ impl StateOptions {
 }
 
 /// Memory-only state with a TTL: a cached table without a store, as many entries as needed.
-fn heap_table<K: StateKey, V: Serialize + DeserializeOwned>(ttl: Ttl) -> CachedTable<K, V> {
+fn heap_table<K: StateKey, V: Clone + Send + Serialize + DeserializeOwned + 'static>(
+    ttl: Ttl,
+) -> CachedTable<K, V> {
     CachedTable::new("heap", None, Some(ttl), usize::MAX)
 }
 
