@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::error::StateError;
 use super::run::GroupChanges;
-use super::store::StateStore;
+use super::store::{lock, StateStore};
 use super::SnapshotStats;
 use crate::runtime::{key_group, stable_hash, ProcessingClock, KEY_GROUPS};
 
@@ -123,10 +123,6 @@ fn encode_changes<K: Serialize, V: Serialize>(
         )?;
     }
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The smallest number of changed keys a table lists before it stops listing them.

@@ -246,12 +246,14 @@ pub(crate) fn encode_payload(buf: &mut Vec<u8>, m: &Message, explicit_id: bool) 
 
 /// The size of the payload of `m` once encoded, without the record header.
 pub(crate) fn encoded_len(m: &Message) -> usize {
-    let s = |v: &Option<String>| v.as_ref().map_or(0, |s| 4 + s.len());
+    fn s(v: &Option<impl AsRef<str>>) -> usize {
+        v.as_ref().map_or(0, |s| 4 + s.as_ref().len())
+    }
     let h = &m.header;
     let x = &m.extension_header;
     2 + 8
         + s(&h.message_id)
-        + h.born_host.as_ref().map_or(0, |s| 4 + s.len())
+        + s(&h.born_host)
         + 1
         + s(&h.compression)
         + s(&x.message_key)
@@ -299,21 +301,17 @@ impl<'a> Cursor<'a> {
             self.take(8)?.try_into().map_err(|_| "short i64")?,
         ))
     }
-    fn string(&mut self) -> Result<String, &'static str> {
+    /// A length-prefixed UTF-8 string, borrowed from the record.
+    fn str(&mut self) -> Result<&'a str, &'static str> {
         let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?)
-            .map(str::to_owned)
-            .map_err(|_| "a header is not UTF-8")
+        std::str::from_utf8(self.take(n)?).map_err(|_| "a header is not UTF-8")
+    }
+    fn string(&mut self) -> Result<String, &'static str> {
+        self.str().map(str::to_owned)
     }
     /// A string shared as [`Arc<str>`], made straight from the record's bytes.
     fn opt_shared(&mut self, present: bool) -> Result<Option<Arc<str>>, &'static str> {
-        if !present {
-            return Ok(None);
-        }
-        let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?)
-            .map(|s| Some(Arc::from(s)))
-            .map_err(|_| "a header is not UTF-8")
+        present.then(|| self.str().map(Arc::from)).transpose()
     }
     fn opt_string(&mut self, present: bool) -> Result<Option<String>, &'static str> {
         if present {
