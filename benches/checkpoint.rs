@@ -746,6 +746,12 @@ fn snapshot() -> BenchResult<()> {
 }
 
 fn main() -> BenchResult<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // `RUST_LOG=omstream_core::checkpoint=info` shows each checkpoint's phases.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

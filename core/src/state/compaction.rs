@@ -90,11 +90,11 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
         .position(|r| r.key == window[0].key)
         .expect("the merged runs are still listed");
     runs.splice(at..at + window.len(), replacement);
-    for run in &window {
-        shared.remove_run(&run.key)?;
-    }
     if runs.is_empty() {
         manifest.remove(&(state, key_group));
+    }
+    for run in &window {
+        shared.remove_run(run, &manifest)?;
     }
     let removed: u64 = window.iter().map(|r| r.bytes).sum();
     Ok(Some(replacement.map_or(0, |r| r.bytes) + removed))
@@ -114,6 +114,7 @@ mod tests {
             },
             entries: 1,
             bytes,
+            place: super::super::run::Place::Chunks,
         }
     }
 

@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use super::error::StateError;
-use super::run::{epoch_prefix, Chunk, ChunkBuilder, GroupChanges, RunKey, RunMeta, RUN_ID};
+use super::run::{
+    epoch_prefix, Chunk, ChunkBuilder, GroupChanges, Place, RunKey, RunMeta, CHUNK_BYTES,
+    PACKED_RUN_BYTES, PACK_GROUP, RUN_ID,
+};
 
 /// Which runs reads may see, and which runs may be merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,16 +224,19 @@ impl StateStore {
         let mut next_seq = 0;
         for entry in manifest_tree.iter() {
             let (id, value) = entry.map_err(err)?;
-            let run = RunMeta::decode(&id, &value).ok_or_else(|| StateError::Corrupt {
+            let runs = RunMeta::decode(&id, &value).ok_or_else(|| StateError::Corrupt {
                 path: path.clone(),
                 what: "a run of the state manifest is unreadable".into(),
             })?;
-            next_seq = next_seq.max(run.key.seq.saturating_add(1));
-            // The tree is in run id order: newest first within a group.
-            manifest
-                .entry((run.key.state, run.key.key_group))
-                .or_default()
-                .push(run);
+            for run in runs {
+                next_seq = next_seq.max(run.key.seq.saturating_add(1));
+                // The tree is in run id order (a pack's members share its id): newest first
+                // within a group.
+                manifest
+                    .entry((run.key.state, run.key.key_group))
+                    .or_default()
+                    .push(run);
+            }
         }
         let shared = Arc::new(Shared {
             path,
@@ -381,7 +387,7 @@ impl StateStore {
             return Ok(None);
         };
         for run in runs.iter().filter(|r| !visibility.is_aborted(r.key.epoch)) {
-            if let Some(value) = shared.lookup(&run.key, key)? {
+            if let Some(value) = shared.lookup(run, key)? {
                 return Ok((!value.is_empty()).then_some(value));
             }
         }
@@ -529,11 +535,17 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let shared = &self.shared;
         let mut manifest = write(&shared.manifest);
+        let aborted: Vec<RunMeta> = manifest
+            .values()
+            .flatten()
+            .filter(|r| visibility.is_aborted(r.key.epoch))
+            .copied()
+            .collect();
         for runs in manifest.values_mut() {
-            for run in runs.iter().filter(|r| visibility.is_aborted(r.key.epoch)) {
-                shared.remove_run(&run.key)?;
-            }
             runs.retain(|r| !visibility.is_aborted(r.key.epoch));
+        }
+        for run in &aborted {
+            shared.remove_run(run, &manifest)?;
         }
         manifest.retain(|_, runs| !runs.is_empty());
         drop(manifest);
@@ -677,28 +689,62 @@ impl Shared {
     }
 
     /// The value `run` holds for `key` (empty: a deletion); `None` when it has none.
-    fn lookup(&self, run: &RunKey, key: &[u8]) -> Result<Option<IVec>, StateError> {
-        let id = run.id();
-        let Some(entry) = self.runs.range(run.chunk_key(key)..).next() else {
-            return Ok(None);
+    fn lookup(&self, run: &RunMeta, key: &[u8]) -> Result<Option<IVec>, StateError> {
+        let chunk = match run.place {
+            Place::Packed { pack, offset, len } => {
+                self.packed_chunk(&run.key, pack, offset, len)?
+            }
+            Place::Chunks => {
+                let id = run.key.id();
+                let Some(entry) = self.runs.range(run.key.chunk_key(key)..).next() else {
+                    return Ok(None);
+                };
+                let (chunk_key, chunk) = entry.map_err(|e| self.err(e))?;
+                if !chunk_key.starts_with(&id) {
+                    return Ok(None);
+                }
+                chunk
+            }
         };
-        let (chunk_key, chunk) = entry.map_err(|e| self.err(e))?;
-        if !chunk_key.starts_with(&id) {
-            return Ok(None);
+        let chunk = Chunk::parse(&chunk).ok_or_else(|| self.corrupt(&run.key))?;
+        chunk.lookup(key).map_err(|()| self.corrupt(&run.key))
+    }
+
+    /// The chunk of `run` at `offset` of `pack` (`len` bytes), as a slice of the pack.
+    fn packed_chunk(
+        &self,
+        run: &RunKey,
+        pack: RunKey,
+        offset: u32,
+        len: u32,
+    ) -> Result<IVec, StateError> {
+        let bytes = self.runs.get(pack.id()).map_err(|e| self.err(e))?;
+        let (offset, len) = (offset as usize, len as usize);
+        match bytes {
+            Some(bytes) if offset + len <= bytes.len() => Ok(bytes.subslice(offset, len)),
+            _ => Err(self.corrupt(run)),
         }
-        let chunk = Chunk::parse(&chunk).ok_or_else(|| self.corrupt(run))?;
-        chunk.lookup(key).map_err(|()| self.corrupt(run))
     }
 
     /// Every entry of `run`, in key order, as slices of its chunks.
-    fn run_entries(&self, run: &RunKey) -> Result<Vec<(IVec, IVec)>, StateError> {
+    fn run_entries(&self, run: &RunMeta) -> Result<Vec<(IVec, IVec)>, StateError> {
         let mut out = Vec::new();
-        for entry in self.runs.scan_prefix(run.id()) {
-            let (_, bytes) = entry.map_err(|e| self.err(e))?;
-            let chunk = Chunk::parse(&bytes).ok_or_else(|| self.corrupt(run))?;
+        let mut add = |bytes: IVec| {
+            let chunk = Chunk::parse(&bytes).ok_or_else(|| self.corrupt(&run.key))?;
             out.reserve(chunk.len());
             for i in 0..chunk.len() {
-                out.push(chunk.entry(i).ok_or_else(|| self.corrupt(run))?);
+                out.push(chunk.entry(i).ok_or_else(|| self.corrupt(&run.key))?);
+            }
+            Ok::<_, StateError>(())
+        };
+        match run.place {
+            Place::Packed { pack, offset, len } => {
+                add(self.packed_chunk(&run.key, pack, offset, len)?)?
+            }
+            Place::Chunks => {
+                for entry in self.runs.scan_prefix(run.key.id()) {
+                    add(entry.map_err(|e| self.err(e))?.1)?;
+                }
             }
         }
         Ok(out)
@@ -715,7 +761,7 @@ impl Shared {
         let keep = |value: &IVec| !(drop_deletions && value.is_empty());
         let mut inputs = Vec::with_capacity(runs.len());
         for run in runs {
-            inputs.push(self.run_entries(&run.key)?);
+            inputs.push(self.run_entries(run)?);
         }
         if inputs.len() == 1 {
             let single = inputs.pop().expect("one run");
@@ -763,6 +809,7 @@ impl Shared {
             key,
             entries: 0,
             bytes: 0,
+            place: Place::Chunks,
         };
         let mut last_key: &[u8] = &[];
         let mut write_chunk = |builder: &mut ChunkBuilder, last_key: &[u8]| {
@@ -790,14 +837,34 @@ impl Shared {
         Ok(meta)
     }
 
-    /// Removes run `key`'s chunks and manifest entry (not its place in the manifest).
-    pub(crate) fn remove_run(&self, key: &RunKey) -> Result<(), StateError> {
-        self.manifest_tree
-            .remove(key.id())
-            .map_err(|e| self.err(e))?;
-        for entry in self.runs.scan_prefix(key.id()) {
-            let (chunk_key, _) = entry.map_err(|e| self.err(e))?;
-            self.runs.remove(chunk_key).map_err(|e| self.err(e))?;
+    /// Removes `run`'s chunks and manifest entry (not its place in `manifest`, which no
+    /// longer lists it or lists it for removal too). A run in a pack leaves the pack's
+    /// manifest entry; the pack goes with its last member.
+    pub(crate) fn remove_run(&self, run: &RunMeta, manifest: &Manifest) -> Result<(), StateError> {
+        let Some(pack) = run.pack() else {
+            self.manifest_tree
+                .remove(run.key.id())
+                .map_err(|e| self.err(e))?;
+            for entry in self.runs.scan_prefix(run.key.id()) {
+                let (chunk_key, _) = entry.map_err(|e| self.err(e))?;
+                self.runs.remove(chunk_key).map_err(|e| self.err(e))?;
+            }
+            return Ok(());
+        };
+        let others: Vec<&RunMeta> = manifest
+            .range((pack.state, 0)..(pack.state, PACK_GROUP))
+            .flat_map(|(_, runs)| runs)
+            .filter(|other| other.pack() == Some(pack) && other.key != run.key)
+            .collect();
+        if others.is_empty() {
+            self.manifest_tree
+                .remove(pack.id())
+                .map_err(|e| self.err(e))?;
+            self.runs.remove(pack.id()).map_err(|e| self.err(e))?;
+        } else {
+            self.manifest_tree
+                .insert(pack.id(), RunMeta::encode_pack(others))
+                .map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -833,8 +900,31 @@ impl Shared {
         epoch: u64,
         groups: &mut [GroupChanges],
     ) -> Result<(), StateError> {
+        assert!(
+            groups.len() < PACK_GROUP as usize,
+            "fewer key groups than packs' id"
+        );
+        let mut pack = PackBuilder::default();
         for (key_group, entries) in groups.iter_mut().enumerate() {
             if entries.is_empty() {
+                continue;
+            }
+            if entries.chunk_len() <= PACKED_RUN_BYTES {
+                let pack_key = *pack.key.get_or_insert_with(|| RunKey {
+                    state,
+                    key_group: PACK_GROUP,
+                    epoch,
+                    seq: self.next_seq(),
+                });
+                pack.add(
+                    pack_key,
+                    key_group as u16,
+                    entries.len() as u64,
+                    entries.sorted(),
+                );
+                if pack.bytes.len() >= CHUNK_BYTES {
+                    self.write_pack(&mut pack)?;
+                }
                 continue;
             }
             let key = RunKey {
@@ -844,17 +934,44 @@ impl Shared {
                 seq: self.next_seq(),
             };
             let meta = self.write_run(key, entries.sorted())?;
-            self.written.fetch_add(meta.bytes, Ordering::SeqCst);
-            self.unflushed.store(true, Ordering::SeqCst);
-            let mut manifest = write(&self.manifest);
-            let runs = manifest.entry((state, key.key_group)).or_default();
-            // Newest first: the new run goes before every older one.
+            self.add_runs(&[meta]);
+        }
+        self.write_pack(&mut pack)
+    }
+
+    /// Lists newly written runs in the manifest, each before every older run of its group.
+    fn add_runs(&self, written: &[RunMeta]) {
+        self.written.fetch_add(
+            written.iter().map(|r| r.bytes).sum::<u64>(),
+            Ordering::SeqCst,
+        );
+        self.unflushed.store(true, Ordering::SeqCst);
+        let mut manifest = write(&self.manifest);
+        for meta in written {
+            let key = meta.key;
+            let runs = manifest.entry((key.state, key.key_group)).or_default();
             let at = runs
                 .iter()
-                .position(|r| (r.key.epoch, r.key.seq) < (epoch, key.seq))
+                .position(|r| (r.key.epoch, r.key.seq) < (key.epoch, key.seq))
                 .unwrap_or(runs.len());
-            runs.insert(at, meta);
+            runs.insert(at, *meta);
         }
+    }
+
+    /// Writes the pack `pack` gathered, if any (its bytes, then its manifest entry), and
+    /// empties it.
+    fn write_pack(&self, pack: &mut PackBuilder) -> Result<(), StateError> {
+        let Some(key) = pack.key.take() else {
+            return Ok(());
+        };
+        self.runs
+            .insert(key.id(), std::mem::take(&mut pack.bytes))
+            .map_err(|e| self.err(e))?;
+        self.manifest_tree
+            .insert(key.id(), RunMeta::encode_pack(&pack.members))
+            .map_err(|e| self.err(e))?;
+        self.add_runs(&pack.members);
+        pack.members.clear();
         Ok(())
     }
 
@@ -905,6 +1022,42 @@ fn u32_of(bytes: &[u8]) -> u32 {
     let mut buf = [0u8; 4];
     buf.copy_from_slice(&bytes[..4]);
     u32::from_be_bytes(buf)
+}
+
+/// The small runs of one snapshot gathered into one pack (see [`Place::Packed`]).
+#[derive(Default)]
+struct PackBuilder {
+    /// The pack's id, once it has a member.
+    key: Option<RunKey>,
+    bytes: Vec<u8>,
+    members: Vec<RunMeta>,
+}
+
+impl PackBuilder {
+    /// Adds the run of `entries` (sorted) of `key_group` as one chunk.
+    fn add<'a>(
+        &mut self,
+        pack: RunKey,
+        key_group: u16,
+        count: u64,
+        entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        let mut builder = ChunkBuilder::new();
+        entries.for_each(|(key, value)| builder.push(key, value));
+        let chunk = builder.finish();
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&chunk);
+        self.members.push(RunMeta {
+            key: RunKey { key_group, ..pack },
+            entries: count,
+            bytes: (chunk.len() + RUN_ID) as u64,
+            place: Place::Packed {
+                pack,
+                offset: offset as u32,
+                len: chunk.len() as u32,
+            },
+        });
+    }
 }
 
 /// Sorts and joins overlapping or adjacent ranges.

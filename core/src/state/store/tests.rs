@@ -1,5 +1,8 @@
 use super::*;
-use crate::state::run::put;
+use std::ops::Range;
+
+use crate::state::run::{put, Place, PACKED_RUN_BYTES};
+use crate::state::store::write as write_lock;
 
 /// Regression: a job run again in the same process right after the first ended could find
 /// the database still locked by sled's I/O threads, and failed to start.
@@ -133,25 +136,152 @@ fn runs_at_or_below_the_floor_are_merged_and_deletions_dropped() {
     assert_eq!(get(&store, b"k").as_deref(), Some(&b"v9"[..]));
 }
 
+/// Writes `keys` entries of 100 bytes into each of 128 key groups of state 0 as one snapshot
+/// of `epoch`, keys `key_group | index`, values all `epoch`.
+fn write_every_group(store: &StateStore, epoch: u64, keys: Range<u32>) {
+    let mut groups: Vec<GroupChanges> = (0..128).map(|_| GroupChanges::default()).collect();
+    for (group, changes) in groups.iter_mut().enumerate() {
+        for index in keys.clone() {
+            let key = [(group as u32).to_be_bytes(), index.to_be_bytes()].concat();
+            changes
+                .push::<()>(put(&key), put(&[epoch as u8; 100]))
+                .unwrap();
+        }
+    }
+    store.submit(Box::new(move |shared| {
+        shared.write_changes(0, epoch, groups)
+    }));
+}
+
+fn read_key(store: &StateStore, group: u16, index: u32) -> Option<Vec<u8>> {
+    let key = [u32::from(group).to_be_bytes(), index.to_be_bytes()].concat();
+    store.read(0, group, &key).unwrap().map(|v| v.to_vec())
+}
+
+/// Packs in the runs tree (their keys are bare run ids; chunk keys are longer).
+fn packs(store: &StateStore) -> usize {
+    store
+        .shared
+        .runs
+        .iter()
+        .keys()
+        .filter(|key| key.as_ref().unwrap().len() == RUN_ID)
+        .count()
+}
+
+/// A snapshot's small runs (one per key group) go into a few packs instead of one sled
+/// entry each; reads, merges, aborted epochs and a reopened store find them as before.
+#[test]
+fn small_runs_of_many_key_groups_share_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store.begin_run(0).unwrap();
+    // Every group: 1,000 entries (about 100 KB, runs of their own), then 20 (2.4 KB).
+    write_every_group(&store, 2, 0..1000);
+    write_every_group(&store, 3, 0..20);
+    store.set_last_triggered_epoch(3).unwrap();
+    store.flush().unwrap();
+    let runs = store.runs(0, 5);
+    assert!(matches!(runs[0].place, Place::Packed { .. }), "{runs:?}");
+    assert_eq!(runs[1].place, Place::Chunks);
+    // 128 runs of 2.4 KB in packs of about 32 KB.
+    assert!((9..=12).contains(&packs(&store)), "{} packs", packs(&store));
+    assert_eq!(store.shared.manifest_tree.len(), 128 + packs(&store));
+    assert_eq!(read_key(&store, 5, 10), Some(vec![3; 100]));
+    assert_eq!(read_key(&store, 127, 19), Some(vec![3; 100]));
+    assert_eq!(read_key(&store, 5, 500), Some(vec![2; 100]));
+    assert_eq!(read_key(&store, 5, 1000), None);
+    let scanned = store.scan(0, 0..=127).unwrap();
+    assert_eq!(scanned.len(), 128 * 1000);
+    // An aborted epoch's packs go; a reopened store reads both kinds of run.
+    write_every_group(&store, 4, 0..20);
+    store.set_last_triggered_epoch(4).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = StateStore::open(dir.path()).unwrap();
+    let first = store.begin_run(3).unwrap();
+    assert_eq!(store.runs(0, 5).len(), 2, "epoch 4's run is dropped");
+    assert!(
+        (9..=12).contains(&packs(&store)),
+        "epoch 4's packs are removed"
+    );
+    assert_eq!(read_key(&store, 5, 10), Some(vec![3; 100]));
+    // Merged (4 small runs, not the large one: see `compaction`), the packed runs of each
+    // group end in one run of its own, and every pack goes.
+    for epoch in first..first + 3 {
+        write_every_group(&store, epoch, 0..20);
+    }
+    store.set_floor(first + 2).unwrap();
+    store.settle().unwrap();
+    for group in [0, 5, 127] {
+        let runs = store.runs(0, group);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!((runs[0].entries, runs[0].place), (20, Place::Chunks));
+    }
+    assert_eq!(packs(&store), 0);
+    assert_eq!(store.shared.manifest_tree.len(), 2 * 128);
+    assert_eq!(read_key(&store, 5, 10), Some(vec![first as u8 + 2; 100]));
+    assert_eq!(read_key(&store, 5, 999), Some(vec![2; 100]));
+}
+
+/// Removing one member of a pack rewrites the pack's manifest entry: after a reopen, the
+/// removed run stays gone and the others are still read from the pack.
+#[test]
+fn a_pack_outlives_its_removed_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store.begin_run(0).unwrap();
+    write_every_group(&store, 2, 0..20);
+    store.wait_applied().unwrap();
+    let member = store.runs(0, 5)[0];
+    let pack = member.pack().expect("packed");
+    {
+        let mut manifest = write_lock(&store.shared.manifest);
+        manifest.remove(&(0, 5));
+        store.shared.remove_run(&member, &manifest).unwrap();
+    }
+    store.flush().unwrap();
+    drop(store);
+    let store = StateStore::open(dir.path()).unwrap();
+    assert!(store.runs(0, 5).is_empty());
+    assert_eq!(read_key(&store, 5, 3), None);
+    let sharing: Vec<u16> = (0..128)
+        .filter(|&group| store.runs(0, group).first().and_then(RunMeta::pack) == Some(pack))
+        .collect();
+    assert!(sharing.len() > 1 && !sharing.contains(&5), "{sharing:?}");
+    for group in sharing {
+        assert_eq!(read_key(&store, group, 3), Some(vec![2; 100]));
+    }
+}
+
 #[test]
 fn a_damaged_chunk_is_reported_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     store.begin_run(0).unwrap();
-    write(&store, 2, &[(b"k", b"value")]);
+    // A run of its own (more than a pack takes), and a small run in a pack.
+    let large = vec![7u8; PACKED_RUN_BYTES];
+    write(&store, 2, &[(b"large", &large)]);
+    write(&store, 3, &[(b"k", b"value")]);
     store.wait_applied().unwrap();
-    let run = store.runs(0, GROUP)[0].key;
-    store
-        .shared
-        .runs
-        .insert(run.chunk_key(b"k"), &[0u8, 0, 0, 5][..])
+    let runs = store.runs(0, GROUP);
+    let (Place::Packed { pack, .. }, Place::Chunks) = (runs[0].place, runs[1].place) else {
+        panic!("a packed run and one of its own: {runs:?}");
+    };
+    assert_eq!(get(&store, b"large"), Some(large));
+    let chunks = &store.shared.runs;
+    chunks.insert(pack.id(), &[0u8, 0, 0, 5][..]).unwrap();
+    chunks
+        .insert(runs[1].key.chunk_key(b"large"), &[0u8, 0, 0, 5][..])
         .unwrap();
-    let error = store.read(0, GROUP, b"k").unwrap_err();
-    assert!(matches!(error, StateError::Corrupt { .. }), "{error:?}");
-    assert!(
-        error.to_string().contains("restore an older checkpoint"),
-        "{error}"
-    );
+    for key in [&b"k"[..], b"large"] {
+        let error = store.read(0, GROUP, key).unwrap_err();
+        assert!(matches!(error, StateError::Corrupt { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("restore an older checkpoint"),
+            "{error}"
+        );
+    }
 }
 
 #[test]
