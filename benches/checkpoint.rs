@@ -96,8 +96,8 @@ struct GeneratorSource {
     rng: u64,
     watermark_next: Option<EventTime>,
     emitted: Arc<AtomicU64>,
-    /// Set when the measurement is over: the source then waits forever, so that the job's task
-    /// yields and can be aborted (a poll that is always ready never gives it the chance).
+    /// Set when the measurement is over: the source then waits forever (emits nothing more
+    /// while the job is aborted).
     halt: Arc<AtomicBool>,
 }
 
@@ -107,9 +107,6 @@ impl Source<Event> for GeneratorSource {
         if self.halt.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
-        // Yield now and then, as a source reading from I/O does: a task that never yields
-        // keeps the tasks it wakes (the checkpoint coordinator) from running on its worker.
-        tokio::task::consume_budget().await;
         if let Some(w) = self.watermark_next.take() {
             return Ok(SourceOutput::Watermark(w));
         }

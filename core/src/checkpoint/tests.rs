@@ -11,8 +11,8 @@ use crate::connectors::{Decoder, OmsSourceConfig};
 use crate::oms::embedded::EMBEDDED_DIR;
 use crate::oms::{connect, KeyValue, Message, MessagingAccessPoint, QueueConfig, ServiceLifecycle};
 use crate::runtime::{
-    Batch, CollectedRecords, JobConfig, JobHandle, Operator, OperatorContext, OperatorResult,
-    RuntimeError, StreamEnv,
+    Batch, BoxError, CollectedRecords, JobConfig, JobHandle, Operator, OperatorContext,
+    OperatorResult, Record, RuntimeError, Source, SourceContext, SourceOutput, StreamEnv,
 };
 use crate::state::{KeyedState, ValueState};
 
@@ -407,4 +407,51 @@ async fn a_chosen_older_checkpoint_is_restored_and_supersedes_later_ones() {
     let (env, out) = job(&ap, config, 2, true);
     env.execute().await.unwrap();
     assert_eq!(out.len(), 0);
+}
+
+/// A source whose poll never waits: a generator, or a reader of a deep backlog.
+struct AlwaysReady(u64);
+
+#[async_trait::async_trait]
+impl Source<String> for AlwaysReady {
+    async fn poll(&mut self, _: &SourceContext) -> Result<SourceOutput<String>, BoxError> {
+        let batch = (0..64)
+            .map(|i| Record::new(0, format!("k{}", (self.0 + i) % 1000)))
+            .collect();
+        self.0 += 64;
+        Ok(SourceOutput::Data(batch))
+    }
+}
+
+/// Regression: a source whose poll is always ready kept its task from ever yielding. The
+/// coordinator, woken by that task's acknowledgement of a barrier, waited in the same
+/// worker's LIFO slot (which no other worker takes), and no checkpoint ever completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_complete_while_a_source_is_always_ready() {
+    let state = tempfile::tempdir().unwrap();
+    let config = CheckpointConfig::new(state.path()).with_interval(Some(Duration::from_millis(50)));
+    let env = StreamEnv::new(JobConfig::named("busy").with_checkpoints(config));
+    env.add_source("busy", |_| {
+        Box::new(AlwaysReady(0)) as Box<dyn Source<String>>
+    })
+    .key_by(|key: &String| key.clone())
+    .transform("count", |_| Box::new(RunningCount::default()))
+    .for_each(|_| {});
+    let mut handle = env.spawn().unwrap();
+    // Hang guards: before the fix no request was ever answered.
+    let mut epochs = Vec::new();
+    for _ in 0..2 {
+        let record = tokio::time::timeout(Duration::from_secs(30), handle.checkpoint())
+            .await
+            .expect("a checkpoint completes while the source is always ready")
+            .unwrap();
+        epochs.push(record.epoch);
+        // The first may come before the first record; by the second every key changed.
+        if epochs.len() == 2 {
+            assert_eq!(record.state_entries, 1000, "every key changed: {record:?}");
+        }
+    }
+    assert!(epochs[1] > epochs[0], "{epochs:?}");
+    handle.abort();
+    let _ = handle.join().await;
 }

@@ -168,6 +168,11 @@ pub(crate) async fn run_source<T: Send + 'static>(
                     return end_input(&mut source, &mut chain, &participant, &ctx).await;
                 }
             }
+            // Yield to the runtime now and then, also when every poll is ready at once (a
+            // generator, a deep backlog): tokio runs a task this one wakes (the checkpoint
+            // coordinator, told of a barrier's acknowledgement) on this worker only, once
+            // this task yields, so a source that never waits kept checkpoints from completing.
+            tokio::task::consume_budget().await;
         }
     }
     .await;

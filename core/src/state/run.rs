@@ -12,6 +12,10 @@
 //!
 //! all big-endian; the offsets let a lookup binary-search the chunk without decoding it, and
 //! a value is handed out as a slice of the chunk, not a copy.
+//!
+//! A run of one small chunk (at most [`PACKED_RUN_BYTES`]) is not written on its own but into
+//! a *pack* with the small runs of other key groups of the same write (see [`Place`]): a
+//! checkpoint of few keys writes a handful of sled values, not one per key group.
 
 use sled::IVec;
 

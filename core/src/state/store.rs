@@ -4,10 +4,12 @@
 //! A snapshot's changes of one state are written per key group as one *run* (see
 //! [`run`](super::run)): the entries sorted by key, cut into chunks of about 32 KB, each chunk
 //! one sled value. A checkpoint of a million changed keys is so a few hundred sled writes, not a
-//! million. A run is tagged with the epoch of the checkpoint that contains it: what an operator
-//! changes after barrier `n - 1` is written, at barrier `n` (or when its cache overflows
-//! before), as epoch `n`. The state as of checkpoint `n` is therefore, per key, its entry in
-//! the newest run at or below `n`; an empty value is a deletion.
+//! million; the small runs of a checkpoint of few keys share packs of about 32 KB (see
+//! [`Place`]), so that it is a dozen sled writes, not one per key group. A run is tagged with
+//! the epoch of the checkpoint that contains it: what an operator changes after barrier
+//! `n - 1` is written, at barrier `n` (or when its cache overflows before), as epoch `n`. The
+//! state as of checkpoint `n` is therefore, per key, its entry in the newest run at or below
+//! `n`; an empty value is a deletion.
 //!
 //! The operator's task only hands the changed entries to the store's writer thread (see
 //! [`StateStore::submit`]); encoding, sorting and writing happen there, off the critical path.
@@ -902,7 +904,7 @@ impl Shared {
     ) -> Result<(), StateError> {
         assert!(
             groups.len() < PACK_GROUP as usize,
-            "fewer key groups than packs' id"
+            "key group {PACK_GROUP} names packs, not a key group"
         );
         let mut pack = PackBuilder::default();
         for (key_group, entries) in groups.iter_mut().enumerate() {
