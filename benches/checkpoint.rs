@@ -471,6 +471,50 @@ async fn incremental() -> BenchResult<()> {
     Ok(())
 }
 
+/// Checkpoints of every key, again and again: the store's size on disk, which must level off
+/// (merges and sled's reuse of freed segments) rather than grow with every checkpoint.
+async fn space() -> BenchResult<()> {
+    let keys = scaled(KEYS) as u64;
+    let rounds = 40;
+    let dir = tempfile::tempdir()?;
+    let env = StreamEnv::new(
+        JobConfig::named("checkpoint-space")
+            .with_checkpoints(CheckpointConfig::new(dir.path()).with_interval(None)),
+    );
+    let (mut feeder, events) = Feeder::source(&env);
+    events
+        .key_by(|e: &Event| e.key)
+        .window(TimeWindows::tumbling(Duration::from_secs(3600)))
+        .count()
+        .for_each(|_: Record<Windowed<u64, u64>>| {});
+    let mut handle = env.spawn()?;
+    println!("space        tumbling 1 h count, {keys} keys in state; {rounds} checkpoints, each after changing every key");
+    let mut sizes = Vec::new();
+    for round in 0..rounds {
+        feeder.send_keys(0..keys, round as EventTime);
+        feeder.wait_processed().await?;
+        let (record, _) = checkpoint_now(&handle).await?;
+        sizes.push(record.store_bytes);
+        if round % 5 == 4 {
+            println!(
+                "space        after {:>2} checkpoints: {:>7.1} MB on disk (each checkpoint writes {:.1} MB)",
+                round + 1,
+                record.store_bytes as f64 / 1e6,
+                record.state_bytes as f64 / 1e6
+            );
+        }
+    }
+    handle.abort();
+    let _ = handle.join().await;
+    let (tenth, last) = (sizes[9] as f64, sizes[rounds - 1] as f64);
+    println!(
+        "space        on disk after {rounds} checkpoints vs after 10: {:.2}x (levels off: <= 1.5x): {}",
+        last / tenth,
+        verdict(last <= 1.5 * tenth)
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- 3: recovery
 
 /// Registers of the distinct-count sketch: 1024 one-byte registers, so that the accumulator
@@ -775,6 +819,9 @@ fn main() -> BenchResult<()> {
         }
         if run("snapshot") {
             snapshot()?;
+        }
+        if run("space") {
+            space().await?;
         }
         Ok(())
     })

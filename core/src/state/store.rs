@@ -622,6 +622,12 @@ impl Drop for StateStore {
 /// leave the pages they dirtied to the next checkpoint's flush.
 const MERGE_FLUSH_BYTES: u64 = 1 << 20;
 
+/// Runs of one key group past which merging no longer waits for a checkpoint's flush (see
+/// [`Shared::runs_pile_up`]): a merge takes the runs at or below the floor once there are
+/// [`MAX_RUNS_AT_FLOOR`](super::compaction::MAX_RUNS_AT_FLOOR), and the retained checkpoints
+/// keep a few more above it.
+const PILE_UP_RUNS: usize = 2 * super::compaction::MAX_RUNS_AT_FLOOR;
+
 /// The writer thread: handed jobs first, merges when idle (and flushes what it merged, so a
 /// checkpoint's flush has only its own changes to write).
 fn writer_loop(shared: &Shared, jobs: &mpsc::Receiver<WriteJob>) {
@@ -978,10 +984,13 @@ impl Shared {
     }
 
     /// Merges the runs of one group that need it (see [`compaction`](super::compaction)),
-    /// unless snapshot writes wait for their flush. Returns the bytes written and removed, `None` when
-    /// it merged nothing.
+    /// unless snapshot writes wait for their flush and runs do not pile up. Returns the bytes
+    /// written and removed, `None` when it merged nothing.
     fn merge_one(&self) -> Option<u64> {
-        if self.merge_failed.load(Ordering::SeqCst) || self.unflushed.load(Ordering::SeqCst) {
+        if self.merge_failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        if self.unflushed.load(Ordering::SeqCst) && !self.runs_pile_up() {
             return None;
         }
         match super::compaction::merge_one(self) {
@@ -991,6 +1000,21 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// Whether some key group has so many runs that merging may no longer wait for a flush.
+    ///
+    /// Merging pauses from a checkpoint's trigger to its flush. When checkpoints follow each
+    /// other with no idle time between (on-demand checkpoints in a loop, an interval shorter
+    /// than a checkpoint of the whole state), it never got to run: in a benchmark of 100
+    /// back-to-back checkpoints of 250,000 changed keys, runs grew from 7 to 18 per key group
+    /// and the store on disk from 196 MB to 1.27 GB. Past this many runs, merging goes on
+    /// while a checkpoint waits: its flush then also writes a merge's pages (slower
+    /// checkpoints, bounded state).
+    fn runs_pile_up(&self) -> bool {
+        read(&self.manifest)
+            .values()
+            .any(|runs| runs.len() > PILE_UP_RUNS)
     }
 
     fn merge_failed(&self, error: &StateError) {

@@ -356,3 +356,34 @@ fn runs_are_merged_in_the_background_between_checkpoints() {
     let last = format!("v{}", first + 7);
     assert_eq!(get(&store, b"k").as_deref(), Some(last.as_bytes()));
 }
+
+/// Regression: merging waited for every checkpoint's flush, so with checkpoints back to back
+/// (a new one triggered before the writer was idle) runs piled up without end.
+#[test]
+fn runs_are_merged_even_when_checkpoints_follow_each_other_without_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let first = store.begin_run(0).unwrap();
+    for epoch in first..first + 40 {
+        // The next checkpoint is triggered before the writer gets an idle moment with
+        // nothing unflushed: merging may only happen as backpressure.
+        store.set_last_triggered_epoch(epoch).unwrap();
+        let value = format!("v{epoch}");
+        write(&store, epoch, &[(b"k", value.as_bytes())]);
+        store.set_last_triggered_epoch(epoch + 1).unwrap();
+        store.wait_applied().unwrap();
+        store.set_floor(epoch.saturating_sub(2)).unwrap();
+    }
+    // The writer merges when it has no job waiting: give it the moment (a hang guard).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.runs(0, GROUP).len() > PILE_UP_RUNS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} runs piled up",
+            store.runs(0, GROUP).len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let last = format!("v{}", first + 39);
+    assert_eq!(get(&store, b"k").as_deref(), Some(last.as_bytes()));
+}
