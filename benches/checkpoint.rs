@@ -422,21 +422,27 @@ fn describe_checkpoint(what: &str, (record, ms): &(CheckpointRecord, f64)) {
     );
 }
 
-async fn incremental() -> BenchResult<()> {
-    let keys = scaled(KEYS) as u64;
+/// A tumbling 1 h `count` fed through a channel, checkpointed on demand only: one window of
+/// an hour, so no window fires and every key stays in state. The directory holds its state.
+fn hour_window_job(name: &str) -> BenchResult<(tempfile::TempDir, Feeder, JobHandle)> {
     let dir = tempfile::tempdir()?;
     let env = StreamEnv::new(
-        JobConfig::named("checkpoint-incremental")
+        JobConfig::named(name)
             .with_checkpoints(CheckpointConfig::new(dir.path()).with_interval(None)),
     );
-    let (mut feeder, events) = Feeder::source(&env);
-    // One window of an hour: no window fires, every key stays in state.
+    let (feeder, events) = Feeder::source(&env);
     events
         .key_by(|e: &Event| e.key)
         .window(TimeWindows::tumbling(Duration::from_secs(3600)))
         .count()
         .for_each(|_: Record<Windowed<u64, u64>>| {});
-    let mut handle = env.spawn()?;
+    let handle = env.spawn()?;
+    Ok((dir, feeder, handle))
+}
+
+async fn incremental() -> BenchResult<()> {
+    let keys = scaled(KEYS) as u64;
+    let (_dir, mut feeder, mut handle) = hour_window_job("checkpoint-incremental")?;
     println!(
         "incremental  tumbling 1 h count, {keys} keys in state; a checkpoint after changing all keys, then one after changing 1 %"
     );
@@ -476,18 +482,7 @@ async fn incremental() -> BenchResult<()> {
 async fn space() -> BenchResult<()> {
     let keys = scaled(KEYS) as u64;
     let rounds = 40;
-    let dir = tempfile::tempdir()?;
-    let env = StreamEnv::new(
-        JobConfig::named("checkpoint-space")
-            .with_checkpoints(CheckpointConfig::new(dir.path()).with_interval(None)),
-    );
-    let (mut feeder, events) = Feeder::source(&env);
-    events
-        .key_by(|e: &Event| e.key)
-        .window(TimeWindows::tumbling(Duration::from_secs(3600)))
-        .count()
-        .for_each(|_: Record<Windowed<u64, u64>>| {});
-    let mut handle = env.spawn()?;
+    let (_dir, mut feeder, mut handle) = hour_window_job("checkpoint-space")?;
     println!("space        tumbling 1 h count, {keys} keys in state; {rounds} checkpoints, each after changing every key");
     let mut sizes = Vec::new();
     for round in 0..rounds {
