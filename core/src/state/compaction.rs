@@ -14,8 +14,9 @@
 //! them are merged. A merge that reaches the group's oldest run also drops deletions (nothing older is
 //! left for them to hide).
 //!
-//! A merge writes the new run (chunks, then manifest entry) before it removes the runs it
-//! replaces: after a crash in between, both are there, with the same content.
+//! A merge writes the new run (its run file, fsynced, then its manifest entry) before it
+//! removes the runs it replaces: after a crash in between, both are there, with the same
+//! content.
 
 use std::ops::Range;
 
@@ -53,8 +54,8 @@ pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<us
     (count >= MIN_MERGE).then_some(start..start + count)
 }
 
-/// Merges the runs of the first group that needs it. Returns the bytes it wrote and removed
-/// (sled rewrites the pages of both on its next flush), `None` when no group needs a merge.
+/// Merges the runs of the first group that needs it. Returns the bytes it wrote and removed,
+/// `None` when no group needs a merge.
 pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
     let _merging = shared.merging.lock().unwrap_or_else(|p| p.into_inner());
     let visibility = read(&shared.visibility).clone();
@@ -79,8 +80,16 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
             epoch: window[0].key.epoch,
             seq: shared.next_seq(),
         };
-        Some(shared.write_run(key, merged.iter().map(|(k, v)| (&k[..], &v[..])))?)
+        let mut out = shared.files.create()?;
+        let run = shared.write_run(key, merged.iter().map(|(k, v)| (&k[..], &v[..])), &mut out)?;
+        // Durable before it is listed: the removals of the runs it replaces may reach disk
+        // with sled's next write, whatever flushes the store.
+        shared.files.finish(out, true)?;
+        shared.record_run(&run)?;
+        shared.files.add_refs(run.file, 1);
+        Some(run)
     };
+    let written = replacement.as_ref().map_or(0, |r| r.bytes);
     let mut manifest = write(&shared.manifest);
     let runs = manifest
         .get_mut(&(state, key_group))
@@ -97,7 +106,7 @@ pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
         shared.remove_run(run, &manifest)?;
     }
     let removed: u64 = window.iter().map(|r| r.bytes).sum();
-    Ok(Some(replacement.map_or(0, |r| r.bytes) + removed))
+    Ok(Some(written + removed))
 }
 
 #[cfg(test)]
@@ -114,7 +123,8 @@ mod tests {
             },
             entries: 1,
             bytes,
-            place: super::super::run::Place::Chunks,
+            file: 0,
+            place: super::super::run::Place::Chunks(Default::default()),
         }
     }
 

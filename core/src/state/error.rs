@@ -15,6 +15,15 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    /// A run file of the state store could not be created, written, read or removed.
+    #[error("state run file {path}: {source}; check that the state directory is writable, on a local disk, and has free space")]
+    RunFile {
+        /// The file's path.
+        path: PathBuf,
+        /// What the file system reported.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another running job (in this process or another) has the state database open.
     #[error("state store {path} is in use by another running job; stop that job, or give this one its own state directory (CheckpointConfig::new)")]
     InUse {
@@ -59,6 +68,13 @@ pub enum StateError {
 impl StateError {
     pub(crate) fn store(path: &Path, source: sled::Error) -> Self {
         StateError::Store {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn run_file(path: &Path, source: std::io::Error) -> Self {
+        StateError::RunFile {
             path: path.to_path_buf(),
             source,
         }

@@ -14,6 +14,7 @@ mod cached;
 mod compaction;
 mod durable;
 mod error;
+mod files;
 mod heap;
 #[cfg(test)]
 mod model_tests;

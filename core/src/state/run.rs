@@ -1,9 +1,10 @@
-//! Sorted runs: how a checkpoint's changes of one key group are laid out in sled.
+//! Sorted runs: how a checkpoint's changes of one key group are laid out.
 //!
 //! A run holds, for one state and one key group, the entries one write produced, sorted by
-//! key bytes and cut into chunks of about [`CHUNK_BYTES`]. Each chunk is one sled value, keyed
-//! by the run's id followed by the chunk's last key, so the chunk that may hold a key is the
-//! first one at or after `run id | key`: one sled seek. A chunk is
+//! key bytes and cut into chunks of about [`CHUNK_BYTES`]. The chunks are written one after
+//! the other into a run file (see [`files`](super::files)); the run's manifest entry in sled
+//! lists each chunk's place in the file and last key (a [`ChunkIndex`]), so the chunk that
+//! may hold a key is found in memory and read with one `pread`. A chunk is
 //!
 //! ```text
 //! count (u32) | count offsets (u32, from the chunk's start) | entries
@@ -13,9 +14,12 @@
 //! all big-endian; the offsets let a lookup binary-search the chunk without decoding it, and
 //! a value is handed out as a slice of the chunk, not a copy.
 //!
-//! A run of one small chunk (at most [`PACKED_RUN_BYTES`]) is not written on its own but into
-//! a *pack* with the small runs of other key groups of the same write (see [`Place`]): a
-//! checkpoint of few keys writes a handful of sled values, not one per key group.
+//! A run of one small chunk (at most [`PACKED_RUN_BYTES`]) has no manifest entry of its own
+//! but is a member of a *pack* with the small runs of other key groups of the same write
+//! (see [`Place`]): a checkpoint of few keys writes a handful of manifest entries, not one
+//! per key group.
+
+use std::sync::Arc;
 
 use sled::IVec;
 
@@ -25,11 +29,9 @@ pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
 /// Bytes of a run id: state id (u32), inverted epoch (u64), inverted sequence (u32), key
 /// group (u16).
 ///
-/// Epoch before key group: the runs of one checkpoint are neighbours in sled, ahead of every
-/// older run of the state, so a checkpoint's writes fill fresh leaves of sled's tree instead
-/// of landing between the chunks of older runs of each key group. (Group first, each small
-/// run of a checkpoint of few keys made sled rewrite a leaf full of older 32 KB chunks: a
-/// checkpoint of 10,000 keys after one of a million flushed 50 to 80 MB.)
+/// Epoch before key group: the manifest entries of one checkpoint are neighbours in sled,
+/// ahead of every older run of the state, so a checkpoint's writes fill fresh leaves of
+/// sled's tree instead of rewriting leaves of older runs.
 pub(crate) const RUN_ID: usize = 4 + 8 + 4 + 2;
 
 /// One run of one state and key group: the epoch its entries belong to, and a sequence that
@@ -43,7 +45,7 @@ pub(crate) struct RunKey {
 }
 
 impl RunKey {
-    /// The run's id: the prefix of its chunks' keys and its manifest key (see [`RUN_ID`]).
+    /// The run's id: its manifest key (see [`RUN_ID`]).
     /// Newer runs sort first (epoch and sequence are stored inverted), in each state and so
     /// in each key group.
     pub(crate) fn id(&self) -> [u8; RUN_ID] {
@@ -63,14 +65,6 @@ impl RunKey {
             key_group: u16::from_be_bytes(id[16..18].try_into().expect("2 bytes")),
         }
     }
-
-    /// The sled key of this run's chunk whose last key is `last_key`.
-    pub(crate) fn chunk_key(&self, last_key: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(RUN_ID + last_key.len());
-        key.extend_from_slice(&self.id());
-        key.extend_from_slice(last_key);
-        key
-    }
 }
 
 /// The prefix of every run of one state and epoch: the ids of a state's runs of epochs
@@ -88,44 +82,143 @@ pub(crate) const PACK_GROUP: u16 = u16::MAX;
 /// A run whose one chunk is at most this many bytes is written into a pack (see [`Place`]).
 pub(crate) const PACKED_RUN_BYTES: usize = CHUNK_BYTES / 4;
 
-/// Where a run's entries are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a run's chunks are in its file.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Place {
-    /// In chunks of its own, keyed by the run's id and each chunk's last key.
-    Chunks,
-    /// In one chunk of `len` bytes at `offset` of a *pack*: one sled value, keyed by the
-    /// pack's id (a run id with key group [`PACK_GROUP`]), that holds the small runs of
-    /// several key groups written by one snapshot.
+    /// Chunks of its own, listed by their last keys.
+    Chunks(Arc<ChunkIndex>),
+    /// One chunk of `len` bytes at `offset` of its file, listed in the manifest entry of a
+    /// *pack* (named by a run id with key group [`PACK_GROUP`]) with the small runs of the
+    /// other key groups that one snapshot wrote.
     ///
     /// A checkpoint of few changed keys has a small run in each of the 128 key groups. Each
-    /// in its own sled entry, with its own manifest entry, that was 256 sled inserts, and
-    /// on this project's 2-vCPU machine they took 4 to 11 ms of a 12 to 21 ms checkpoint;
-    /// in packs of about [`CHUNK_BYTES`], a checkpoint of 10,000 changed keys is about 11
-    /// packs and their 11 manifest entries.
-    Packed { pack: RunKey, offset: u32, len: u32 },
+    /// with a manifest entry of its own, that was 128 sled inserts, and on this project's
+    /// 2-vCPU machine they took several milliseconds of a 12 to 21 ms checkpoint; in packs of
+    /// about [`CHUNK_BYTES`] of chunks, a checkpoint of 10,000 changed keys writes about 11
+    /// manifest entries.
+    Packed { pack: RunKey, offset: u64, len: u32 },
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Chunks(index) => write!(f, "Chunks({})", index.len()),
+            Place::Packed { pack, offset, len } => f
+                .debug_struct("Packed")
+                .field("pack", pack)
+                .field("offset", offset)
+                .field("len", len)
+                .finish(),
+        }
+    }
+}
+
+/// The chunks of a run of its own, in key order: where each is in the run's file, and its
+/// last key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ChunkIndex {
+    /// Per chunk: offset in the file, length, and where its last key ends in `keys`.
+    chunks: Vec<(u64, u32, u32)>,
+    /// The chunks' last keys, one after the other.
+    keys: Vec<u8>,
+}
+
+impl ChunkIndex {
+    /// Adds the next chunk: `len` bytes at `offset`, whose last key is `last_key`.
+    pub(crate) fn push(&mut self, offset: u64, len: u32, last_key: &[u8]) {
+        self.keys.extend_from_slice(last_key);
+        self.chunks.push((offset, len, self.keys.len() as u32));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    fn last_key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.chunks[i - 1].2 };
+        &self.keys[start as usize..self.chunks[i].2 as usize]
+    }
+
+    /// The chunk that holds `key` if the run has it: the first whose last key is at or
+    /// after it, as `(offset, len)`.
+    pub(crate) fn find(&self, key: &[u8]) -> Option<(u64, u32)> {
+        let (mut low, mut high) = (0, self.chunks.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if self.last_key(mid) < key {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        self.chunks.get(low).map(|&(offset, len, _)| (offset, len))
+    }
+
+    /// Every chunk, in key order, as `(offset, len)`.
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.chunks.iter().map(|&(offset, len, _)| (offset, len))
+    }
+
+    /// Appends the index: count (u32), then per chunk offset (u64), length (u32), last key
+    /// length (u32) and last key.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.chunks.len() as u32).to_be_bytes());
+        for (i, &(offset, len, _)) in self.chunks.iter().enumerate() {
+            let key = self.last_key(i);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+        }
+    }
+
+    /// An index read back; `None` unless it is exactly what [`encode`](Self::encode) wrote.
+    fn decode(mut bytes: &[u8]) -> Option<Self> {
+        let mut take = |n: usize| {
+            let (head, rest) = bytes.split_at_checked(n)?;
+            bytes = rest;
+            Some(head)
+        };
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        let mut index = ChunkIndex::default();
+        for _ in 0..count {
+            let offset = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let len = u32::from_be_bytes(take(4)?.try_into().ok()?);
+            let key_len = u32::from_be_bytes(take(4)?.try_into().ok()?);
+            index.push(offset, len, take(key_len as usize)?);
+        }
+        bytes.is_empty().then_some(index)
+    }
 }
 
 /// What the manifest keeps of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunMeta {
     pub(crate) key: RunKey,
     /// Entries (values and deletions).
     pub(crate) entries: u64,
     /// Bytes of its chunks.
     pub(crate) bytes: u64,
+    /// The run file its chunks are in.
+    pub(crate) file: u64,
     pub(crate) place: Place,
 }
 
-/// Bytes of one member of a pack's manifest entry: key group (u16), offset (u32), length
+/// Bytes of one member of a pack's manifest entry: key group (u16), offset (u64), length
 /// (u32), entries (u64), bytes (u64).
-const PACK_MEMBER: usize = 2 + 4 + 4 + 8 + 8;
+const PACK_MEMBER: usize = 2 + 8 + 4 + 8 + 8;
 
 impl RunMeta {
-    /// The manifest value of a run with chunks of its own: entries (u64), bytes (u64).
-    pub(crate) fn encode_value(&self) -> [u8; 16] {
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&self.entries.to_be_bytes());
-        value[8..].copy_from_slice(&self.bytes.to_be_bytes());
+    /// The manifest value of a run with chunks of its own: entries (u64), bytes (u64),
+    /// file (u64), then its chunk index.
+    pub(crate) fn encode_value(&self) -> Vec<u8> {
+        let mut value = Vec::new();
+        value.extend_from_slice(&self.entries.to_be_bytes());
+        value.extend_from_slice(&self.bytes.to_be_bytes());
+        value.extend_from_slice(&self.file.to_be_bytes());
+        if let Place::Chunks(index) = &self.place {
+            index.encode(&mut value);
+        }
         value
     }
 
@@ -136,44 +229,49 @@ impl RunMeta {
             return None;
         }
         let key = RunKey::from_id(id);
+        let u32_at = |m: &[u8], at: usize| Some(u32::from_be_bytes(m[at..at + 4].try_into().ok()?));
+        let u64_at =
+            |m: &[u8], at: usize| Some(u64::from_be_bytes(m.get(at..at + 8)?.try_into().ok()?));
         if key.key_group != PACK_GROUP {
-            if value.len() != 16 {
-                return None;
-            }
             return Some(vec![RunMeta {
                 key,
-                entries: u64::from_be_bytes(value[..8].try_into().ok()?),
-                bytes: u64::from_be_bytes(value[8..].try_into().ok()?),
-                place: Place::Chunks,
+                entries: u64_at(value, 0)?,
+                bytes: u64_at(value, 8)?,
+                file: u64_at(value, 16)?,
+                place: Place::Chunks(Arc::new(ChunkIndex::decode(&value[24..])?)),
             }]);
         }
-        if value.is_empty() || !value.len().is_multiple_of(PACK_MEMBER) {
+        let file = u64_at(value, 0)?;
+        let members = &value[8..];
+        if members.is_empty() || !members.len().is_multiple_of(PACK_MEMBER) {
             return None;
         }
-        let u32_at = |m: &[u8], at: usize| Some(u32::from_be_bytes(m[at..at + 4].try_into().ok()?));
-        let u64_at = |m: &[u8], at: usize| Some(u64::from_be_bytes(m[at..at + 8].try_into().ok()?));
-        value
+        members
             .chunks_exact(PACK_MEMBER)
             .map(|m| {
                 let key_group = u16::from_be_bytes(m[..2].try_into().ok()?);
                 (key_group != PACK_GROUP).then_some(())?;
                 Some(RunMeta {
                     key: RunKey { key_group, ..key },
-                    entries: u64_at(m, 10)?,
-                    bytes: u64_at(m, 18)?,
+                    entries: u64_at(m, 14)?,
+                    bytes: u64_at(m, 22)?,
+                    file,
                     place: Place::Packed {
                         pack: key,
-                        offset: u32_at(m, 2)?,
-                        len: u32_at(m, 6)?,
+                        offset: u64_at(m, 2)?,
+                        len: u32_at(m, 10)?,
                     },
                 })
             })
             .collect()
     }
 
-    /// The manifest value of a pack whose (remaining) members are `members`.
-    pub(crate) fn encode_pack<'a>(members: impl IntoIterator<Item = &'a RunMeta>) -> Vec<u8> {
-        let mut value = Vec::new();
+    /// The manifest value of a pack in `file` whose (remaining) members are `members`.
+    pub(crate) fn encode_pack<'a>(
+        file: u64,
+        members: impl IntoIterator<Item = &'a RunMeta>,
+    ) -> Vec<u8> {
+        let mut value = file.to_be_bytes().to_vec();
         for member in members {
             let Place::Packed { offset, len, .. } = member.place else {
                 continue;
@@ -191,7 +289,7 @@ impl RunMeta {
     pub(crate) fn pack(&self) -> Option<RunKey> {
         match self.place {
             Place::Packed { pack, .. } => Some(pack),
-            Place::Chunks => None,
+            Place::Chunks(_) => None,
         }
     }
 }
@@ -424,6 +522,10 @@ mod tests {
 
     #[test]
     fn manifest_entries_of_runs_and_of_packs_read_back() {
+        let mut index = ChunkIndex::default();
+        index.push(0, 300, b"apple");
+        index.push(300, 200, b"melon");
+        index.push(500, 100, b"");
         let run = RunMeta {
             key: RunKey {
                 state: 2,
@@ -433,36 +535,67 @@ mod tests {
             },
             entries: 5,
             bytes: 600,
-            place: Place::Chunks,
+            file: 11,
+            place: Place::Chunks(Arc::new(index)),
         };
+        let value = run.encode_value();
         assert_eq!(
-            RunMeta::decode(&run.key.id(), &run.encode_value()),
-            Some(vec![run])
+            RunMeta::decode(&run.key.id(), &value),
+            Some(vec![run.clone()])
         );
         let pack = RunKey {
             key_group: PACK_GROUP,
             ..run.key
         };
-        let members: Vec<RunMeta> = [(4u16, 0u32, 100u32), (90, 100, 250)]
+        let members: Vec<RunMeta> = [(4u16, 0u64, 100u32), (90, 100, 250)]
             .into_iter()
             .map(|(key_group, offset, len)| RunMeta {
                 key: RunKey { key_group, ..pack },
                 entries: u64::from(len) / 10,
-                bytes: u64::from(len) + RUN_ID as u64,
+                bytes: u64::from(len),
+                file: 12,
                 place: Place::Packed { pack, offset, len },
             })
             .collect();
-        let value = RunMeta::encode_pack(&members);
-        assert_eq!(RunMeta::decode(&pack.id(), &value), Some(members));
-        // Not what omstream writes: a truncated entry, an empty pack, a run value under a
-        // pack's id, a pack member claiming the pack's own group.
-        assert_eq!(RunMeta::decode(&pack.id(), &value[..value.len() - 1]), None);
+        let packed = RunMeta::encode_pack(12, &members);
+        assert_eq!(RunMeta::decode(&pack.id(), &packed), Some(members));
+        // Not what omstream writes: truncated entries, an empty pack, a run value under a
+        // pack's id, a pack member claiming the pack's own group, trailing bytes.
+        assert_eq!(
+            RunMeta::decode(&pack.id(), &packed[..packed.len() - 1]),
+            None
+        );
+        assert_eq!(RunMeta::decode(&pack.id(), &packed[..8]), None);
         assert_eq!(RunMeta::decode(&pack.id(), &[]), None);
-        assert_eq!(RunMeta::decode(&pack.id(), &run.encode_value()), None);
-        let mut odd = value.clone();
-        odd[..2].copy_from_slice(&PACK_GROUP.to_be_bytes());
+        assert_eq!(
+            RunMeta::decode(&run.key.id(), &value[..value.len() - 1]),
+            None
+        );
+        assert_eq!(RunMeta::decode(&run.key.id(), &value[..20]), None);
+        assert_eq!(
+            RunMeta::decode(&run.key.id(), &[value.clone(), vec![0]].concat()),
+            None
+        );
+        let mut odd = packed.clone();
+        odd[8..10].copy_from_slice(&PACK_GROUP.to_be_bytes());
         assert_eq!(RunMeta::decode(&pack.id(), &odd), None);
-        assert_eq!(RunMeta::decode(&run.key.id(), &value), None);
+    }
+
+    #[test]
+    fn the_chunk_index_finds_the_first_chunk_that_may_hold_a_key() {
+        let mut index = ChunkIndex::default();
+        for (i, last) in [&b"b"[..], b"d", b"dd", b"f"].into_iter().enumerate() {
+            index.push(i as u64 * 10, 10, last);
+        }
+        let find = |key: &[u8]| index.find(key).map(|(offset, _)| offset);
+        assert_eq!(find(b""), Some(0));
+        assert_eq!(find(b"b"), Some(0));
+        assert_eq!(find(b"c"), Some(10));
+        assert_eq!(find(b"d"), Some(10));
+        assert_eq!(find(b"da"), Some(20));
+        assert_eq!(find(b"e"), Some(30));
+        assert_eq!(find(b"g"), None, "past the last key");
+        assert_eq!(index.chunks().count(), 4);
     }
 
     #[test]
@@ -568,6 +701,5 @@ mod tests {
             assert!(epoch_prefix(1, 8)[..] <= run.id()[..]);
             assert!(run.id()[..] < epoch_prefix(1, 6)[..]);
         }
-        assert!(older.chunk_key(b"k").starts_with(&older.id()));
     }
 }

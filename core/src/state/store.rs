@@ -1,11 +1,13 @@
-//! The durable half of keyed state: sorted runs in one sled database per job, written by a
-//! background writer.
+//! The durable half of keyed state: sorted runs in run files, listed by a manifest in one
+//! sled database per job, written by a background writer.
 //!
 //! A snapshot's changes of one state are written per key group as one *run* (see
-//! [`run`](super::run)): the entries sorted by key, cut into chunks of about 32 KB, each chunk
-//! one sled value. A checkpoint of a million changed keys is so a few hundred sled writes, not a
-//! million; the small runs of a checkpoint of few keys share packs of about 32 KB (see
-//! [`Place`]), so that it is a dozen sled writes, not one per key group. A run is tagged with
+//! [`run`](super::run)): the entries sorted by key, cut into chunks of about 32 KB, appended
+//! to the snapshot's run file (see [`files`](super::files)). Each run has a manifest entry in
+//! sled that says where its chunks are; the small runs of a checkpoint of few keys share the
+//! entry of a *pack* (see [`Place`]), so that it is a dozen sled writes, not one per key
+//! group. A checkpoint of a million changed keys is one file written front to back and a few
+//! hundred small sled writes. A run is tagged with
 //! the epoch of the checkpoint that contains it: what an operator changes after barrier
 //! `n - 1` is written, at barrier `n` (or when its cache overflows before), as epoch `n`. The
 //! state as of checkpoint `n` is therefore, per key, its entry in the newest run at or below
@@ -33,9 +35,10 @@ use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use super::error::StateError;
+use super::files::{RunFileWriter, RunFiles};
 use super::run::{
-    epoch_prefix, Chunk, ChunkBuilder, GroupChanges, Place, RunKey, RunMeta, CHUNK_BYTES,
-    PACKED_RUN_BYTES, PACK_GROUP, RUN_ID,
+    Chunk, ChunkBuilder, ChunkIndex, GroupChanges, Place, RunKey, RunMeta, CHUNK_BYTES,
+    PACKED_RUN_BYTES, PACK_GROUP,
 };
 
 /// Which runs reads may see, and which runs may be merged.
@@ -62,21 +65,24 @@ pub(crate) type Manifest = BTreeMap<(u32, u16), Vec<RunMeta>>;
 /// Work for the writer thread.
 pub(crate) type WriteJob = Box<dyn FnOnce(&Shared) -> Result<(), StateError> + Send>;
 
-/// Chunks of every run (run ids with the epoch before the key group).
-const RUNS_TREE: &str = "runs-by-epoch";
-/// One entry per run: run id -> entries, bytes.
-const MANIFEST_TREE: &str = "manifest-by-epoch";
+/// One entry per run of its own and per pack: run id -> where its chunks are (see
+/// [`RunMeta::encode_value`] and [`RunMeta::encode_pack`]).
+const MANIFEST_TREE: &str = "run-manifest";
 const META_TREE: &str = "meta";
-/// Where earlier layouts kept their data: one sled entry per key and version (`state`), and
-/// run ids with the key group before the epoch (`runs`, `manifest`).
-const LEGACY_TREES: [&str; 3] = ["state", "runs", "manifest"];
+/// Where earlier layouts kept their data: one sled entry per key and version (`state`); run
+/// ids with the key group before the epoch (`runs`, `manifest`); chunks in sled rather than
+/// in run files (`runs-by-epoch`, `manifest-by-epoch`).
+const LEGACY_TREES: [&str; 5] = [
+    "state",
+    "runs",
+    "manifest",
+    "runs-by-epoch",
+    "manifest-by-epoch",
+];
 const META_VISIBILITY: &[u8] = b"visibility";
 const META_LAST_TRIGGERED: &[u8] = b"last-triggered-epoch";
 const META_NEXT_STATE_ID: &[u8] = b"next-state-id";
 const META_STATE_PREFIX: &[u8] = b"state-id:";
-
-/// sled's log segment size (a power of two, at most 16 MB).
-const SEGMENT_BYTES: usize = 8 << 20;
 
 /// How far the writer has got with the jobs handed to it.
 #[derive(Debug, Default)]
@@ -92,7 +98,7 @@ struct Progress {
 pub(crate) struct Shared {
     pub(crate) path: PathBuf,
     db: sled::Db,
-    runs: sled::Tree,
+    pub(crate) files: RunFiles,
     manifest_tree: sled::Tree,
     meta: sled::Tree,
     /// Lock order: `visibility` before `manifest`.
@@ -111,6 +117,8 @@ pub(crate) struct Shared {
     /// durable yet: merging waits, so that the checkpoint's flush writes its own changes, not
     /// a merge's output too.
     unflushed: AtomicBool,
+    /// Held by [`flush_manifest`](Self::flush_manifest).
+    flushing: Mutex<()>,
     /// Emptied snapshot buffers, handed out again (see [`StateStore::snapshot_buffers`]).
     spare_buffers: Mutex<Vec<Vec<GroupChanges>>>,
 }
@@ -121,7 +129,8 @@ const SPARE_SETS: usize = 2;
 /// change should not pin its memory for the rest of the run.
 const SPARE_SET_BYTES: usize = 64 << 20;
 
-/// The keyed state of one job, in sled under the job's state directory.
+/// The keyed state of one job: run files and a sled database under the job's state
+/// directory.
 #[derive(Debug)]
 pub struct StateStore {
     shared: Arc<Shared>,
@@ -171,7 +180,7 @@ impl StateStore {
     /// How long [`open`](Self::open) waits for a locked database before it reports it in use.
     pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-    /// Opens (or creates) the state database under `dir`.
+    /// Opens (or creates) the state store under `dir`.
     ///
     /// The database is locked while open. A job that ended in this process may still hold it
     /// for a moment (sled's I/O threads finish their last writes after the handle is dropped),
@@ -184,12 +193,9 @@ impl StateStore {
             // Durability comes from the explicit flush before a checkpoint record is written,
             // not from sled's periodic flush.
             .flush_every_ms(None)
-            // sled writes a page larger than a quarter of a segment to a file of its own (a
-            // "blob"): with the default 512 KB segments, a leaf of 16 chunks of 32 KB is one,
-            // and every checkpoint created and deleted hundreds of files. 8 MB segments keep
-            // leaves in the log.
-            .segment_size(SEGMENT_BYTES)
-            .cache_capacity(256 * 1024 * 1024);
+            // Only the manifest and a few records live in sled; chunks are cached by the
+            // run files' block cache.
+            .cache_capacity(32 * 1024 * 1024);
         let started = std::time::Instant::now();
         let db = loop {
             match config.open() {
@@ -212,7 +218,6 @@ impl StateStore {
                 return Err(older_layout(&path));
             }
         }
-        let runs = db.open_tree(RUNS_TREE).map_err(err)?;
         let manifest_tree = db.open_tree(MANIFEST_TREE).map_err(err)?;
         let meta = db.open_tree(META_TREE).map_err(err)?;
         let visibility = match meta.get(META_VISIBILITY).map_err(err)? {
@@ -223,6 +228,7 @@ impl StateStore {
             None => Visibility::default(),
         };
         let mut manifest = Manifest::new();
+        let mut file_refs = std::collections::HashMap::new();
         let mut next_seq = 0;
         for entry in manifest_tree.iter() {
             let (id, value) = entry.map_err(err)?;
@@ -232,6 +238,7 @@ impl StateStore {
             })?;
             for run in runs {
                 next_seq = next_seq.max(run.key.seq.saturating_add(1));
+                *file_refs.entry(run.file).or_default() += 1;
                 // The tree is in run id order (a pack's members share its id): newest first
                 // within a group.
                 manifest
@@ -240,10 +247,11 @@ impl StateStore {
                     .push(run);
             }
         }
+        let files = RunFiles::open(dir, file_refs)?;
         let shared = Arc::new(Shared {
             path,
             db,
-            runs,
+            files,
             manifest_tree,
             meta,
             visibility: RwLock::new(visibility),
@@ -255,6 +263,7 @@ impl StateStore {
             merging: Mutex::new(()),
             merge_failed: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
+            flushing: Mutex::new(()),
             spare_buffers: Mutex::new(Vec::new()),
         });
         let (sender, jobs) = mpsc::channel();
@@ -453,13 +462,16 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Makes every write so far durable. Returns the bytes sled wrote.
+    /// Makes every write so far durable: the run files written since the last flush, then
+    /// the manifest. Returns the bytes written to disk (as far as the store knows).
     pub fn flush(&self) -> Result<u64, StateError> {
         self.wait_applied()?;
-        let flushed = self.shared.db.flush().map_err(|e| self.err(e))?;
-        self.shared.unflushed.store(false, Ordering::SeqCst);
+        let shared = &self.shared;
+        let synced = shared.files.sync_written()?;
+        let flushed = shared.flush_manifest()?;
+        shared.unflushed.store(false, Ordering::SeqCst);
         self.wake_writer();
-        Ok(flushed as u64)
+        Ok(synced + flushed)
     }
 
     /// Wakes the writer to merge, if runs need it: it waits for jobs when it has nothing to
@@ -519,7 +531,7 @@ impl StateStore {
         visibility.floor = visibility.floor.min(restored);
         shared.save_visibility(&visibility)?;
         if highest_written > restored {
-            self.drop_epochs(restored + 1..=highest_written, &visibility)?;
+            self.drop_epochs(&visibility)?;
         }
         let first = highest_written + 1;
         drop(visibility);
@@ -528,20 +540,16 @@ impl StateStore {
         Ok(first)
     }
 
-    /// Removes every run and chunk of the aborted `epochs`, including chunks a crash left
-    /// without their manifest entry.
-    fn drop_epochs(
-        &self,
-        epochs: RangeInclusive<u64>,
-        visibility: &Visibility,
-    ) -> Result<(), StateError> {
+    /// Removes every run of the aborted epochs (run files a crash left without any manifest
+    /// entry were deleted when the store opened).
+    fn drop_epochs(&self, visibility: &Visibility) -> Result<(), StateError> {
         let shared = &self.shared;
         let mut manifest = write(&shared.manifest);
         let aborted: Vec<RunMeta> = manifest
             .values()
             .flatten()
             .filter(|r| visibility.is_aborted(r.key.epoch))
-            .copied()
+            .cloned()
             .collect();
         for runs in manifest.values_mut() {
             runs.retain(|r| !visibility.is_aborted(r.key.epoch));
@@ -550,15 +558,6 @@ impl StateStore {
             shared.remove_run(run, &manifest)?;
         }
         manifest.retain(|_, runs| !runs.is_empty());
-        drop(manifest);
-        let (low, high) = (*epochs.start(), *epochs.end());
-        for state in 0..self.next_state_id()? {
-            let (start, end) = (epoch_prefix(state, high), epoch_prefix(state, low - 1));
-            for entry in shared.runs.range(start..end) {
-                let (key, _) = entry.map_err(|e| self.err(e))?;
-                shared.runs.remove(key).map_err(|e| self.err(e))?;
-            }
-        }
         Ok(())
     }
 
@@ -580,9 +579,10 @@ impl StateStore {
         Ok(())
     }
 
-    /// Bytes the database takes on disk.
+    /// Bytes the store takes on disk: its run files and its sled database.
     pub fn size_on_disk(&self) -> Result<u64, StateError> {
-        self.shared.db.size_on_disk().map_err(|e| self.err(e))
+        let db = self.shared.db.size_on_disk().map_err(|e| self.err(e))?;
+        Ok(db + self.shared.files.size()?)
     }
 
     /// Runs of `state` in `key_group`, newest first (for tests and benchmarks).
@@ -698,46 +698,41 @@ impl Shared {
 
     /// The value `run` holds for `key` (empty: a deletion); `None` when it has none.
     fn lookup(&self, run: &RunMeta, key: &[u8]) -> Result<Option<IVec>, StateError> {
-        let chunk = match run.place {
-            Place::Packed { pack, offset, len } => {
-                self.packed_chunk(&run.key, pack, offset, len)?
-            }
-            Place::Chunks => {
-                let id = run.key.id();
-                let Some(entry) = self.runs.range(run.key.chunk_key(key)..).next() else {
-                    return Ok(None);
-                };
-                let (chunk_key, chunk) = entry.map_err(|e| self.err(e))?;
-                if !chunk_key.starts_with(&id) {
-                    return Ok(None);
-                }
-                chunk
-            }
+        let (offset, len) = match &run.place {
+            Place::Packed { offset, len, .. } => (*offset, *len),
+            Place::Chunks(index) => match index.find(key) {
+                Some(chunk) => chunk,
+                None => return Ok(None),
+            },
         };
+        let chunk = self
+            .files
+            .read(run.file, offset, len)
+            .map_err(|e| self.unreadable(&run.key, e))?;
         let chunk = Chunk::parse(&chunk).ok_or_else(|| self.corrupt(&run.key))?;
         chunk.lookup(key).map_err(|()| self.corrupt(&run.key))
     }
 
-    /// The chunk of `run` at `offset` of `pack` (`len` bytes), as a slice of the pack.
-    fn packed_chunk(
-        &self,
-        run: &RunKey,
-        pack: RunKey,
-        offset: u32,
-        len: u32,
-    ) -> Result<IVec, StateError> {
-        let bytes = self.runs.get(pack.id()).map_err(|e| self.err(e))?;
-        let (offset, len) = (offset as usize, len as usize);
-        match bytes {
-            Some(bytes) if offset + len <= bytes.len() => Ok(bytes.subslice(offset, len)),
-            _ => Err(self.corrupt(run)),
+    /// A chunk of `run` that could not be read: the file is damaged or gone.
+    fn unreadable(&self, run: &RunKey, error: StateError) -> StateError {
+        match error {
+            StateError::RunFile { source, .. }
+                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                self.corrupt(run)
+            }
+            other => other,
         }
     }
 
     /// Every entry of `run`, in key order, as slices of its chunks.
     fn run_entries(&self, run: &RunMeta) -> Result<Vec<(IVec, IVec)>, StateError> {
         let mut out = Vec::new();
-        let mut add = |bytes: IVec| {
+        let mut add = |(offset, len): (u64, u32)| {
+            let bytes = self
+                .files
+                .read_once(run.file, offset, len)
+                .map_err(|e| self.unreadable(&run.key, e))?;
             let chunk = Chunk::parse(&bytes).ok_or_else(|| self.corrupt(&run.key))?;
             out.reserve(chunk.len());
             for i in 0..chunk.len() {
@@ -745,15 +740,9 @@ impl Shared {
             }
             Ok::<_, StateError>(())
         };
-        match run.place {
-            Place::Packed { pack, offset, len } => {
-                add(self.packed_chunk(&run.key, pack, offset, len)?)?
-            }
-            Place::Chunks => {
-                for entry in self.runs.scan_prefix(run.key.id()) {
-                    add(entry.map_err(|e| self.err(e))?.1)?;
-                }
-            }
+        match &run.place {
+            Place::Packed { offset, len, .. } => add((*offset, *len))?,
+            Place::Chunks(index) => index.chunks().try_for_each(add)?,
         }
         Ok(out)
     }
@@ -805,32 +794,28 @@ impl Shared {
         }
     }
 
-    /// Writes `entries` (sorted by key, keys unique) as run `key`: its chunks, then its
-    /// manifest entry. Returns what the manifest keeps of it.
+    /// Appends `entries` (sorted by key, keys unique) to `out` as the chunks of run `key`.
+    /// Returns what the manifest keeps of it (see [`record_run`](Self::record_run)).
     pub(crate) fn write_run<'a>(
         &self,
         key: RunKey,
         entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        out: &mut RunFileWriter,
     ) -> Result<RunMeta, StateError> {
         let mut builder = ChunkBuilder::new();
-        let mut meta = RunMeta {
-            key,
-            entries: 0,
-            bytes: 0,
-            place: Place::Chunks,
-        };
+        let mut index = ChunkIndex::default();
+        let (mut count, mut bytes) = (0u64, 0u64);
         let mut last_key: &[u8] = &[];
         let mut write_chunk = |builder: &mut ChunkBuilder, last_key: &[u8]| {
             let chunk = builder.finish();
-            meta.bytes += (chunk.len() + RUN_ID + last_key.len()) as u64;
-            self.runs
-                .insert(key.chunk_key(last_key), chunk)
-                .map_err(|e| self.err(e))
-                .map(drop)
+            let offset = out.append(&chunk)?;
+            index.push(offset, chunk.len() as u32, last_key);
+            bytes += chunk.len() as u64;
+            Ok::<_, StateError>(())
         };
         for (entry_key, value) in entries {
             builder.push(entry_key, value);
-            meta.entries += 1;
+            count += 1;
             last_key = entry_key;
             if builder.is_full() {
                 write_chunk(&mut builder, last_key)?;
@@ -839,41 +824,52 @@ impl Shared {
         if !builder.is_empty() {
             write_chunk(&mut builder, last_key)?;
         }
-        self.manifest_tree
-            .insert(key.id(), &meta.encode_value())
-            .map_err(|e| self.err(e))?;
-        Ok(meta)
+        Ok(RunMeta {
+            key,
+            entries: count,
+            bytes,
+            file: out.id,
+            place: Place::Chunks(Arc::new(index)),
+        })
     }
 
-    /// Removes `run`'s chunks and manifest entry (not its place in `manifest`, which no
-    /// longer lists it or lists it for removal too). A run in a pack leaves the pack's
-    /// manifest entry; the pack goes with its last member.
+    /// Writes the manifest entry of `run`, a run of its own.
+    pub(crate) fn record_run(&self, run: &RunMeta) -> Result<(), StateError> {
+        self.manifest_tree
+            .insert(run.key.id(), run.encode_value())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Removes `run`'s manifest entry (not its place in `manifest`, which no longer lists
+    /// it or lists it for removal too). A run in a pack leaves the pack's manifest entry,
+    /// which goes with its last member. A run file is deleted once no run is left in it,
+    /// after the flush that makes that durable (see [`files`](super::files)).
     pub(crate) fn remove_run(&self, run: &RunMeta, manifest: &Manifest) -> Result<(), StateError> {
-        let Some(pack) = run.pack() else {
-            self.manifest_tree
-                .remove(run.key.id())
-                .map_err(|e| self.err(e))?;
-            for entry in self.runs.scan_prefix(run.key.id()) {
-                let (chunk_key, _) = entry.map_err(|e| self.err(e))?;
-                self.runs.remove(chunk_key).map_err(|e| self.err(e))?;
+        match run.pack() {
+            None => {
+                self.manifest_tree
+                    .remove(run.key.id())
+                    .map_err(|e| self.err(e))?;
             }
-            return Ok(());
-        };
-        let others: Vec<&RunMeta> = manifest
-            .range((pack.state, 0)..(pack.state, PACK_GROUP))
-            .flat_map(|(_, runs)| runs)
-            .filter(|other| other.pack() == Some(pack) && other.key != run.key)
-            .collect();
-        if others.is_empty() {
-            self.manifest_tree
-                .remove(pack.id())
-                .map_err(|e| self.err(e))?;
-            self.runs.remove(pack.id()).map_err(|e| self.err(e))?;
-        } else {
-            self.manifest_tree
-                .insert(pack.id(), RunMeta::encode_pack(others))
-                .map_err(|e| self.err(e))?;
+            Some(pack) => {
+                let others: Vec<&RunMeta> = manifest
+                    .range((pack.state, 0)..(pack.state, PACK_GROUP))
+                    .flat_map(|(_, runs)| runs)
+                    .filter(|other| other.pack() == Some(pack) && other.key != run.key)
+                    .collect();
+                if others.is_empty() {
+                    self.manifest_tree
+                        .remove(pack.id())
+                        .map_err(|e| self.err(e))?;
+                } else {
+                    self.manifest_tree
+                        .insert(pack.id(), RunMeta::encode_pack(run.file, others))
+                        .map_err(|e| self.err(e))?;
+                }
+            }
         }
+        self.files.remove_ref(run.file);
         Ok(())
     }
 
@@ -912,6 +908,11 @@ impl Shared {
             groups.len() < PACK_GROUP as usize,
             "key group {PACK_GROUP} names packs, not a key group"
         );
+        if groups.iter().all(GroupChanges::is_empty) {
+            return Ok(());
+        }
+        let mut out = self.files.create()?;
+        let mut written = Vec::new();
         let mut pack = PackBuilder::default();
         for (key_group, entries) in groups.iter_mut().enumerate() {
             if entries.is_empty() {
@@ -929,9 +930,10 @@ impl Shared {
                     key_group as u16,
                     entries.len() as u64,
                     entries.sorted(),
-                );
-                if pack.bytes.len() >= CHUNK_BYTES {
-                    self.write_pack(&mut pack)?;
+                    &mut out,
+                )?;
+                if pack.bytes >= CHUNK_BYTES as u64 {
+                    self.write_pack(&mut pack, out.id, &mut written)?;
                 }
                 continue;
             }
@@ -941,19 +943,29 @@ impl Shared {
                 epoch,
                 seq: self.next_seq(),
             };
-            let meta = self.write_run(key, entries.sorted())?;
-            self.add_runs(&[meta]);
+            let meta = self.write_run(key, entries.sorted(), &mut out)?;
+            self.record_run(&meta)?;
+            written.push(meta);
         }
-        self.write_pack(&mut pack)
+        self.write_pack(&mut pack, out.id, &mut written)?;
+        // Readers see the runs once their bytes are in the file system (its fsync waits for
+        // the checkpoint's flush).
+        self.files.finish(out, false)?;
+        self.add_runs(written);
+        Ok(())
     }
 
-    /// Lists newly written runs in the manifest, each before every older run of its group.
-    fn add_runs(&self, written: &[RunMeta]) {
+    /// Lists newly written snapshot runs in the manifest, each before every older run of
+    /// its group.
+    fn add_runs(&self, written: Vec<RunMeta>) {
         self.written.fetch_add(
             written.iter().map(|r| r.bytes).sum::<u64>(),
             Ordering::SeqCst,
         );
         self.unflushed.store(true, Ordering::SeqCst);
+        if let Some(first) = written.first() {
+            self.files.add_refs(first.file, written.len());
+        }
         let mut manifest = write(&self.manifest);
         for meta in written {
             let key = meta.key;
@@ -962,24 +974,26 @@ impl Shared {
                 .iter()
                 .position(|r| (r.key.epoch, r.key.seq) < (key.epoch, key.seq))
                 .unwrap_or(runs.len());
-            runs.insert(at, *meta);
+            runs.insert(at, meta);
         }
     }
 
-    /// Writes the pack `pack` gathered, if any (its bytes, then its manifest entry), and
-    /// empties it.
-    fn write_pack(&self, pack: &mut PackBuilder) -> Result<(), StateError> {
+    /// Writes the manifest entry of the pack `pack` gathered in `file`, if any, moves its
+    /// members to `written` and empties it.
+    fn write_pack(
+        &self,
+        pack: &mut PackBuilder,
+        file: u64,
+        written: &mut Vec<RunMeta>,
+    ) -> Result<(), StateError> {
         let Some(key) = pack.key.take() else {
             return Ok(());
         };
-        self.runs
-            .insert(key.id(), std::mem::take(&mut pack.bytes))
-            .map_err(|e| self.err(e))?;
         self.manifest_tree
-            .insert(key.id(), RunMeta::encode_pack(&pack.members))
+            .insert(key.id(), RunMeta::encode_pack(file, &pack.members))
             .map_err(|e| self.err(e))?;
-        self.add_runs(&pack.members);
-        pack.members.clear();
+        written.append(&mut pack.members);
+        pack.bytes = 0;
         Ok(())
     }
 
@@ -1026,15 +1040,29 @@ impl Shared {
         self.merge_failed.store(true, Ordering::SeqCst);
     }
 
-    /// Makes merge output durable, if there is any.
+    /// Makes the manifest changes of merges durable, if there are any, and deletes the run
+    /// files they emptied. (A merge's own file is fsynced before its run is listed.)
     fn flush_merges(&self, merged_unflushed: &mut u64) {
         if *merged_unflushed == 0 {
             return;
         }
         *merged_unflushed = 0;
-        if let Err(error) = self.db.flush() {
-            self.merge_failed(&self.err(error));
+        if let Err(error) = self.flush_manifest() {
+            self.merge_failed(&error);
         }
+    }
+
+    /// Flushes sled (the manifest and the records), then deletes the run files released
+    /// before: their release is durable now. Returns the bytes sled wrote.
+    ///
+    /// One flush at a time (the writer's after merges, a checkpoint's): when one returns,
+    /// every file released before it began is gone.
+    fn flush_manifest(&self) -> Result<u64, StateError> {
+        let _one_at_a_time = lock(&self.flushing);
+        let released = self.files.take_released();
+        let flushed = self.db.flush().map_err(|e| self.err(e))?;
+        self.files.delete_released(released)?;
+        Ok(flushed as u64)
     }
 }
 
@@ -1055,34 +1083,39 @@ fn u32_of(bytes: &[u8]) -> u32 {
 struct PackBuilder {
     /// The pack's id, once it has a member.
     key: Option<RunKey>,
-    bytes: Vec<u8>,
+    /// Bytes of its members' chunks.
+    bytes: u64,
     members: Vec<RunMeta>,
 }
 
 impl PackBuilder {
-    /// Adds the run of `entries` (sorted) of `key_group` as one chunk.
+    /// Appends the run of `entries` (sorted) of `key_group` to `out` as one chunk, and adds
+    /// it to the pack.
     fn add<'a>(
         &mut self,
         pack: RunKey,
         key_group: u16,
         count: u64,
         entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    ) {
+        out: &mut RunFileWriter,
+    ) -> Result<(), StateError> {
         let mut builder = ChunkBuilder::new();
         entries.for_each(|(key, value)| builder.push(key, value));
         let chunk = builder.finish();
-        let offset = self.bytes.len();
-        self.bytes.extend_from_slice(&chunk);
+        let offset = out.append(&chunk)?;
+        self.bytes += chunk.len() as u64;
         self.members.push(RunMeta {
             key: RunKey { key_group, ..pack },
             entries: count,
-            bytes: (chunk.len() + RUN_ID) as u64,
+            bytes: chunk.len() as u64,
+            file: out.id,
             place: Place::Packed {
                 pack,
-                offset: offset as u32,
+                offset,
                 len: chunk.len() as u32,
             },
         });
+        Ok(())
     }
 }
 

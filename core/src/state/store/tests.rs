@@ -130,6 +130,11 @@ fn runs_at_or_below_the_floor_are_merged_and_deletions_dropped() {
     assert_eq!(get(&store, b"k").as_deref(), Some(&b"v9"[..]));
     // A reopened store finds the merged runs (the manifest is durable).
     store.flush().unwrap();
+    assert_eq!(
+        store.shared.files.count(),
+        1,
+        "the files of merged runs are deleted"
+    );
     drop(store);
     let store = StateStore::open(dir.path()).unwrap();
     assert_eq!(store.runs(0, GROUP).len(), 1);
@@ -158,14 +163,14 @@ fn read_key(store: &StateStore, group: u16, index: u32) -> Option<Vec<u8>> {
     store.read(0, group, &key).unwrap().map(|v| v.to_vec())
 }
 
-/// Packs in the runs tree (their keys are bare run ids; chunk keys are longer).
+/// Packs in the manifest (entries under a run id with the packs' key group).
 fn packs(store: &StateStore) -> usize {
     store
         .shared
-        .runs
+        .manifest_tree
         .iter()
         .keys()
-        .filter(|key| key.as_ref().unwrap().len() == RUN_ID)
+        .filter(|id| RunKey::from_id(id.as_ref().unwrap()).key_group == PACK_GROUP)
         .count()
 }
 
@@ -183,7 +188,7 @@ fn small_runs_of_many_key_groups_share_packs() {
     store.flush().unwrap();
     let runs = store.runs(0, 5);
     assert!(matches!(runs[0].place, Place::Packed { .. }), "{runs:?}");
-    assert_eq!(runs[1].place, Place::Chunks);
+    assert!(matches!(runs[1].place, Place::Chunks(_)), "{runs:?}");
     // 128 runs of 2.4 KB in packs of about 32 KB.
     assert!((9..=12).contains(&packs(&store)), "{} packs", packs(&store));
     assert_eq!(store.shared.manifest_tree.len(), 128 + packs(&store));
@@ -216,7 +221,8 @@ fn small_runs_of_many_key_groups_share_packs() {
     for group in [0, 5, 127] {
         let runs = store.runs(0, group);
         assert_eq!(runs.len(), 2, "{runs:?}");
-        assert_eq!((runs[0].entries, runs[0].place), (20, Place::Chunks));
+        assert_eq!(runs[0].entries, 20);
+        assert!(matches!(runs[0].place, Place::Chunks(_)), "{runs:?}");
     }
     assert_eq!(packs(&store), 0);
     assert_eq!(store.shared.manifest_tree.len(), 2 * 128);
@@ -233,7 +239,7 @@ fn a_pack_outlives_its_removed_members() {
     store.begin_run(0).unwrap();
     write_every_group(&store, 2, 0..20);
     store.wait_applied().unwrap();
-    let member = store.runs(0, 5)[0];
+    let member = store.runs(0, 5)[0].clone();
     let pack = member.pack().expect("packed");
     {
         let mut manifest = write_lock(&store.shared.manifest);
@@ -265,15 +271,28 @@ fn a_damaged_chunk_is_reported_with_what_to_do() {
     write(&store, 3, &[(b"k", b"value")]);
     store.wait_applied().unwrap();
     let runs = store.runs(0, GROUP);
-    let (Place::Packed { pack, .. }, Place::Chunks) = (runs[0].place, runs[1].place) else {
+    let (Place::Packed { offset, .. }, Place::Chunks(_)) = (&runs[0].place, &runs[1].place) else {
         panic!("a packed run and one of its own: {runs:?}");
     };
     assert_eq!(get(&store, b"large"), Some(large));
-    let chunks = &store.shared.runs;
-    chunks.insert(pack.id(), &[0u8, 0, 0, 5][..]).unwrap();
-    chunks
-        .insert(runs[1].key.chunk_key(b"large"), &[0u8, 0, 0, 5][..])
+    let (packed, own) = (
+        store.shared.files.path(runs[0].file),
+        store.shared.files.path(runs[1].file),
+    );
+    let offset = *offset;
+    store.flush().unwrap();
+    drop(store);
+    // The packed chunk's header claims more entries than it has room for; the other run's
+    // file lost its end.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(packed)
         .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0u8, 0, 0, 5], offset).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&own).unwrap();
+    file.set_len(std::fs::metadata(&own).unwrap().len() / 2)
+        .unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
     for key in [&b"k"[..], b"large"] {
         let error = store.read(0, GROUP, key).unwrap_err();
         assert!(matches!(error, StateError::Corrupt { .. }), "{error:?}");
