@@ -181,6 +181,8 @@ fn spawn_job(
 struct CheckpointLog {
     triggered: u64,
     completed: u64,
+    /// The child panicked or logged an error: what follows is printed.
+    failed: bool,
 }
 
 /// Follows a child's log: counts triggered and completed checkpoints.
@@ -194,6 +196,10 @@ fn follow_checkpoints(child: &mut Child) -> Arc<Mutex<CheckpointLog>> {
         } else if line.contains("checkpoint complete") {
             log.completed += 1;
         } else if line.contains("panicked") || line.contains("ERROR") {
+            // A panic's message is on the lines after it: keep them in the test's output.
+            log.failed = true;
+            eprintln!("child: {line}");
+        } else if log.failed {
             eprintln!("child: {line}");
         }
     });
