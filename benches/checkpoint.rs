@@ -661,13 +661,12 @@ async fn recovery() -> BenchResult<()> {
     let (record, checkpoint_ms) = checkpoint_now(&handle).await?;
     handle.abort();
     let _ = handle.join().await;
-    let state_dir = dir.path().join("state.sled");
     println!(
         "recovery     state of {keys} keys (~1 KB each, {} windows of 1000 keys): {:.2} GB written by the checkpoint ({} entries), {:.2} GB on disk; built in {:.1} s (checkpoint {:.1} s)",
         keys.div_ceil(KEYS_PER_WINDOW),
         record.state_bytes as f64 / 1e9,
         record.state_entries,
-        size_of_dir(&state_dir) as f64 / 1e9,
+        size_of_dir(dir.path()) as f64 / 1e9,
         started.elapsed().as_secs_f64(),
         checkpoint_ms / 1000.0
     );

@@ -85,11 +85,9 @@ impl<K: StateKey, P: StateValue + PartialEq> TimerMirror<K, P> {
             return Vec::new();
         };
         let mut timers = Vec::new();
-        for key in state.keys() {
-            if let Some(stored) = state.get(&key) {
-                timers.extend(stored.iter().map(|(t, p)| (key.clone(), *t, p.clone())));
-            }
-        }
+        state.for_each(&mut |key, stored| {
+            timers.extend(stored.iter().map(|(t, p)| (key.clone(), *t, p.clone())));
+        });
         timers
     }
 

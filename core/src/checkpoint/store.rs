@@ -4,7 +4,8 @@
 //! ```text
 //! <state dir>/job.json                      the job this directory belongs to
 //! <state dir>/checkpoints/chk-<epoch>.ckpt  "OMSCHK1 <crc32 hex> <length>\n" + JSON record
-//! <state dir>/state.sled/                   the state store (crate::state::StateStore)
+//! <state dir>/state.sled/                   the state store's manifest (crate::state::StateStore)
+//! <state dir>/runs/<id>.run                 the state store's run files
 //! ```
 
 use std::fs;
@@ -17,6 +18,8 @@ use super::error::CheckpointError;
 use super::record::CheckpointRecord;
 
 const MAGIC: &str = "OMSCHK1";
+/// The directories of the state store under a state directory.
+const STATE_PARTS: [&str; 2] = ["state.sled", "runs"];
 const EXTENSION: &str = "ckpt";
 /// The file naming the checkpoint the next start restores.
 const PIN_FILE: &str = "restore-from";
@@ -71,7 +74,7 @@ impl CheckpointStore {
                     .map_err(|e| CheckpointError::io(&records, e))?
                     .next()
                     .is_none();
-                if !is_empty || dir.join("state.sled").exists() {
+                if !is_empty || STATE_PARTS.iter().any(|part| dir.join(part).exists()) {
                     return Err(CheckpointError::Foreign {
                         dir: dir.to_path_buf(),
                         owner: "<unknown: job.json is missing>".to_string(),
@@ -302,7 +305,8 @@ impl CheckpointStore {
     /// Deletes every record and the state store: a fresh start of the same job.
     pub fn clear(&self) -> Result<(), CheckpointError> {
         self.unpin()?;
-        for dir in [self.records.clone(), self.dir.join("state.sled")] {
+        let state = STATE_PARTS.iter().map(|part| self.dir.join(part));
+        for dir in std::iter::once(self.records.clone()).chain(state) {
             if dir.exists() {
                 fs::remove_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
             }
@@ -396,6 +400,28 @@ mod tests {
             message.contains("orders") && message.contains("payments"),
             "{message}"
         );
+    }
+
+    /// A fresh start drops the records and both parts of the state store, and a directory
+    /// holding state without a job identity is not taken over.
+    #[test]
+    fn clearing_drops_records_and_the_whole_state_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), "job").unwrap();
+        store.write(&record(1)).unwrap();
+        let state = crate::state::StateStore::open(dir.path()).unwrap();
+        drop(state);
+        std::fs::write(dir.path().join("runs").join("0000000000000001.run"), b"x").unwrap();
+        store.clear().unwrap();
+        assert!(store.list().unwrap().0.is_empty());
+        for part in STATE_PARTS {
+            assert!(!dir.path().join(part).exists(), "{part} is left");
+        }
+
+        let orphan = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(orphan.path().join("runs")).unwrap();
+        let error = CheckpointStore::open(orphan.path(), "job").unwrap_err();
+        assert!(error.to_string().contains("job.json is missing"), "{error}");
     }
 
     #[test]

@@ -514,6 +514,41 @@ where
         keys
     }
 
+    /// Calls `f` on every key with a (live) value and its value: the cached ones and, for a
+    /// durable table, the stored ones of this subtask's key groups, decoded one at a time
+    /// and not cached. What a restore that registers timers of every key calls: it reads
+    /// the state once and keeps in memory only what the job later asks for, so its time
+    /// and memory do not grow with the size of the values.
+    pub(crate) fn for_each_live(&self, f: &mut dyn FnMut(&K, &V)) {
+        let now = self.now();
+        for (key, slot) in self.table.iter() {
+            if let Some(value) = slot.value.as_ref().filter(|_| slot.expires_at > now) {
+                f(key, value);
+            }
+        }
+        let Some(durable) = self.durable.as_ref().filter(|_| !self.uncached_absent) else {
+            return;
+        };
+        durable
+            .store
+            .scan_each(
+                durable.state_id,
+                durable.key_groups.clone(),
+                &mut |key_bytes, value_bytes| {
+                    let key: K = rmp_serde::from_slice(key_bytes)
+                        .unwrap_or_else(|e| panic!("{}", self.codec("decode", e)));
+                    if self.table.find(hash_of(&key), |(k, _)| *k == key).is_some() {
+                        return; // the cache decides
+                    }
+                    let (expires_at, value) = self.decode_value(value_bytes);
+                    if expires_at > now {
+                        f(&key, &value);
+                    }
+                },
+            )
+            .unwrap_or_else(|e| panic!("state '{}': {e}", self.name));
+    }
+
     /// How many keys have a value.
     pub(crate) fn len(&self) -> usize {
         if self.durable.is_some() {
@@ -747,6 +782,42 @@ mod tests {
         values.snapshot(first + 3).unwrap();
         store.flush().unwrap();
         assert_eq!(stored(&store, KEYS + 10), model);
+    }
+
+    /// `for_each_live` visits every live key once with its current value (the cache's over
+    /// the store's, deletions and all) and leaves the cache as it was: a restore visits the
+    /// whole state without loading it.
+    #[test]
+    fn visiting_every_value_sees_the_cache_over_the_store_and_caches_nothing() {
+        const KEYS: u32 = 5_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(dir.path()).unwrap());
+        let first = store.begin_run(0).unwrap();
+        let mut values = table(&store, first);
+        let mut model = BTreeMap::new();
+        for k in 0..KEYS {
+            values.insert(k, format!("v{k}"));
+            model.insert(k, format!("v{k}"));
+        }
+        values.snapshot(first).unwrap();
+        store.flush().unwrap();
+
+        // A fresh table over the store: its cache holds only what it changes since.
+        let mut fresh = table(&store, first + 1);
+        fresh.insert(3, "changed".into());
+        model.insert(3, "changed".into());
+        fresh.remove(&4);
+        model.remove(&4);
+        fresh.insert(KEYS, "new".into());
+        model.insert(KEYS, "new".into());
+        let cached = fresh.table.len();
+        let mut seen = BTreeMap::new();
+        fresh.for_each_live(&mut |k, v| {
+            assert!(seen.insert(*k, v.clone()).is_none(), "key {k} visited twice");
+        });
+        assert_eq!(seen, model);
+        assert_eq!(fresh.table.len(), cached, "nothing was cached");
+        assert!(fresh.scanned.borrow().is_empty());
     }
 
     /// A value whose `Serialize` fails.

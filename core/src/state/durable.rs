@@ -74,6 +74,10 @@ where
         self.table.keys()
     }
 
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) {
+        self.table.for_each_live(f);
+    }
+
     fn len(&self) -> usize {
         self.table.len()
     }

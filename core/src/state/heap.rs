@@ -111,6 +111,12 @@ impl<K: Hash + Eq + Clone + Send, V: Send> ValueState<K, V> for HeapValueState<K
         self.table.iter().map(|(k, _)| k.clone()).collect()
     }
 
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) {
+        for (key, value) in self.table.iter() {
+            f(key, value);
+        }
+    }
+
     fn len(&self) -> usize {
         self.table.len()
     }

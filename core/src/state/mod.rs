@@ -94,6 +94,17 @@ pub trait ValueState<K, V>: KeyedState {
     fn remove(&mut self, key: &K) -> Option<V>;
     /// Every key with a value, in no particular order.
     fn keys(&self) -> Vec<K>;
+    /// Calls `f` on every key with a value and its value, in no particular order. Durable
+    /// state reads what it does not hold in memory without caching it: the way to visit a
+    /// state larger than memory (a restore re-registering timers, say) without loading it
+    /// all.
+    fn for_each(&mut self, f: &mut dyn FnMut(&K, &V)) {
+        for key in self.keys() {
+            if let Some(value) = self.get(&key) {
+                f(&key, value);
+            }
+        }
+    }
     /// How many keys have a value.
     fn len(&self) -> usize;
     /// Whether no key has a value.

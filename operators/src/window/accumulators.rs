@@ -248,13 +248,17 @@ impl<K: StateKey, T: 'static, A: AggregateFunction<T>> WindowContents<K, T>
     fn stored_keys(&mut self) -> Vec<StoredKey<K>> {
         let (_, state) = parts!(self);
         let mut stored = Vec::new();
-        for key in state.keys() {
-            if let Some(accs) = state.get(&key) {
-                let ids = accs.iter().map(|(id, _)| *id).collect();
-                let timer = accs.timer;
-                stored.push(StoredKey { key, timer, ids });
-            }
-        }
+        // Values are visited, not loaded: a restore caches none of the accumulators, which
+        // the job reads back as their keys come up.
+        state.for_each(&mut |key, accs| {
+            let ids = accs.iter().map(|(id, _)| *id).collect();
+            let timer = accs.timer;
+            stored.push(StoredKey {
+                key: key.clone(),
+                timer,
+                ids,
+            });
+        });
         stored
     }
 

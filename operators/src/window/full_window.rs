@@ -223,12 +223,14 @@ impl<K: StateKey, T: StateValue + Sync, O: Data> WindowContents<K, T> for Record
     fn stored_keys(&mut self) -> Vec<StoredKey<K>> {
         let (index, _) = states!(self);
         let mut stored = Vec::new();
-        for key in index.keys() {
-            if let Some(ids) = index.get(&key) {
-                let (timer, ids) = (ids.timer, ids.ids.iter().map(|(id, _)| *id).collect());
-                stored.push(StoredKey { key, timer, ids });
-            }
-        }
+        index.for_each(&mut |key, ids| {
+            let (timer, ids) = (ids.timer, ids.ids.iter().map(|(id, _)| *id).collect());
+            stored.push(StoredKey {
+                key: key.clone(),
+                timer,
+                ids,
+            });
+        });
         stored
     }
 

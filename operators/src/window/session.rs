@@ -125,24 +125,21 @@ impl<K: StateKey, T: Data, C: WindowContents<K, T>> SessionOperator<K, T, C> {
     fn restore_timers(&mut self) {
         let state = self.sessions.as_deref_mut().expect("created in on_start");
         let (spec, lateness) = (self.spec, self.spec.lateness);
-        for key in state.keys() {
-            let Some(sessions) = state.get(&key) else {
-                continue;
-            };
+        let (fire, cleanup) = (&mut self.fire, &mut self.cleanup);
+        state.for_each(&mut |key, sessions| {
             let mut next: Option<EventTime> = None;
             for session in sessions {
                 let fire_at = spec.fire_time(session.window.end);
                 if session.pending {
                     next = Some(next.map_or(fire_at, |n| n.min(fire_at)));
                 } else if lateness > 0 {
-                    self.cleanup
-                        .register(fire_at.saturating_add(lateness), key.clone());
+                    cleanup.register(fire_at.saturating_add(lateness), key.clone());
                 }
             }
             if let Some(next) = next {
-                self.fire.register(next, key);
+                fire.register(next, key.clone());
             }
-        }
+        });
     }
 
     fn add(&mut self, key: K, time: EventTime, value: T, now: EventTime, ctx: &mut Ctx<K, C, T>) {
