@@ -482,7 +482,7 @@ async fn incremental() -> BenchResult<()> {
 async fn space() -> BenchResult<()> {
     let keys = scaled(KEYS) as u64;
     let rounds = 40;
-    let (_dir, mut feeder, mut handle) = hour_window_job("checkpoint-space")?;
+    let (dir, mut feeder, mut handle) = hour_window_job("checkpoint-space")?;
     println!("space        tumbling 1 h count, {keys} keys in state; {rounds} checkpoints, each after changing every key");
     let mut sizes = Vec::new();
     for round in 0..rounds {
@@ -492,9 +492,11 @@ async fn space() -> BenchResult<()> {
         sizes.push(record.store_bytes);
         if round % 5 == 4 {
             println!(
-                "space        after {:>2} checkpoints: {:>7.1} MB on disk (each checkpoint writes {:.1} MB)",
+                "space        after {:>2} checkpoints: {:>7.1} MB on disk (run files {:.1} MB, sled {:.1} MB; each checkpoint writes {:.1} MB)",
                 round + 1,
                 record.store_bytes as f64 / 1e6,
+                size_of_dir(&dir.path().join("runs")) as f64 / 1e6,
+                size_of_dir(&dir.path().join("state.sled")) as f64 / 1e6,
                 record.state_bytes as f64 / 1e6
             );
         }

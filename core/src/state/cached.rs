@@ -813,7 +813,10 @@ mod tests {
         let cached = fresh.table.len();
         let mut seen = BTreeMap::new();
         fresh.for_each_live(&mut |k, v| {
-            assert!(seen.insert(*k, v.clone()).is_none(), "key {k} visited twice");
+            assert!(
+                seen.insert(*k, v.clone()).is_none(),
+                "key {k} visited twice"
+            );
         });
         assert_eq!(seen, model);
         assert_eq!(fresh.table.len(), cached, "nothing was cached");

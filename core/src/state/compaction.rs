@@ -54,59 +54,117 @@ pub(crate) fn plan(runs: &[RunMeta], visibility: &Visibility) -> Option<Range<us
     (count >= MIN_MERGE).then_some(start..start + count)
 }
 
-/// Merges the runs of the first group that needs it. Returns the bytes it wrote and removed,
-/// `None` when no group needs a merge.
-pub(crate) fn merge_one(shared: &Shared) -> Result<Option<u64>, StateError> {
+/// Input bytes one batch of merges reads at most (at least one group is merged): a batch
+/// writes one run file with one fsync, and holds the writer from the next snapshot job for
+/// as long as it takes.
+const BATCH_INPUT_BYTES: u64 = 16 << 20;
+
+/// Merges the runs of the groups that need it most (most runs first), as many as fit in
+/// [`BATCH_INPUT_BYTES`], into one run file. Returns the bytes it wrote and removed, `None`
+/// when no group needs a merge.
+///
+/// One file and one fsync per batch rather than per group: a checkpoint of every key adds a
+/// run to each of the 128 key groups, and an fsync per merged group (two, with the
+/// directory's) could not keep up with checkpoints that follow each other closely.
+pub(crate) fn merge_some(shared: &Shared) -> Result<Option<u64>, StateError> {
     let _merging = shared.merging.lock().unwrap_or_else(|p| p.into_inner());
     let visibility = read(&shared.visibility).clone();
-    let found = read(&shared.manifest).iter().find_map(|(&group, runs)| {
-        plan(runs, &visibility).map(|window| {
-            let reaches_oldest = window.end == runs.len();
-            (group, runs[window].to_vec(), reaches_oldest)
+    // Of the groups that need a merge, those with the most runs first: merging in key group
+    // order starved the last groups, which piled up runs while the first were merged again
+    // and again (every checkpoint adds a run to every group it changed).
+    let mut planned: Vec<Planned> = read(&shared.manifest)
+        .iter()
+        .filter_map(|(&group, runs)| {
+            plan(runs, &visibility).map(|window| Planned {
+                group,
+                runs_in_group: runs.len(),
+                reaches_oldest: window.end == runs.len(),
+                window: runs[window].to_vec(),
+            })
         })
-    });
-    let Some(((state, key_group), window, reaches_oldest)) = found else {
+        .collect();
+    if planned.is_empty() {
         return Ok(None);
-    };
-    let inputs: Vec<&RunMeta> = window.iter().collect();
+    }
+    planned.sort_by_key(|p| (std::cmp::Reverse(p.runs_in_group), p.group));
+    let mut input = 0;
+    let batch = planned
+        .iter()
+        .take_while(|p| {
+            let first = input == 0;
+            input += p.window.iter().map(|r| r.bytes).sum::<u64>();
+            first || input <= BATCH_INPUT_BYTES
+        })
+        .count();
+    planned.truncate(batch);
+
+    let mut out = None;
+    let mut replacements = Vec::with_capacity(planned.len());
     let mut merged = Vec::new();
-    shared.merged_entries(&inputs, reaches_oldest, &mut merged)?;
-    let replacement = if merged.is_empty() {
-        None
-    } else {
+    for p in &planned {
+        let inputs: Vec<&RunMeta> = p.window.iter().collect();
+        merged.clear();
+        shared.merged_entries(&inputs, p.reaches_oldest, &mut merged)?;
+        if merged.is_empty() {
+            replacements.push(None);
+            continue;
+        }
+        let (state, key_group) = p.group;
         let key = RunKey {
             state,
             key_group,
-            epoch: window[0].key.epoch,
+            epoch: p.window[0].key.epoch,
             seq: shared.next_seq(),
         };
-        let mut out = shared.files.create()?;
-        let run = shared.write_run(key, merged.iter().map(|(k, v)| (&k[..], &v[..])), &mut out)?;
+        if out.is_none() {
+            out = Some(shared.files.create()?);
+        }
+        let file = out.as_mut().expect("created above");
+        let run = shared.write_run(key, merged.iter().map(|(k, v)| (&k[..], &v[..])), file)?;
+        replacements.push(Some(run));
+    }
+    let written: u64 = replacements.iter().flatten().map(|r| r.bytes).sum();
+    if let Some(out) = out {
+        let file = out.id;
         // Durable before it is listed: the removals of the runs it replaces may reach disk
         // with sled's next write, whatever flushes the store.
         shared.files.finish(out, true)?;
-        shared.record_run(&run)?;
-        shared.files.add_refs(run.file, 1);
-        Some(run)
-    };
-    let written = replacement.as_ref().map_or(0, |r| r.bytes);
+        for run in replacements.iter().flatten() {
+            shared.record_run(run)?;
+        }
+        shared
+            .files
+            .add_refs(file, replacements.iter().flatten().count());
+    }
+
     let mut manifest = write(&shared.manifest);
-    let runs = manifest
-        .get_mut(&(state, key_group))
-        .expect("only merges change a group's older runs");
-    let at = runs
-        .iter()
-        .position(|r| r.key == window[0].key)
-        .expect("the merged runs are still listed");
-    runs.splice(at..at + window.len(), replacement);
-    if runs.is_empty() {
-        manifest.remove(&(state, key_group));
+    let mut removed = 0;
+    for (p, replacement) in planned.iter().zip(replacements) {
+        let runs = manifest
+            .get_mut(&p.group)
+            .expect("only merges change a group's older runs");
+        let at = runs
+            .iter()
+            .position(|r| r.key == p.window[0].key)
+            .expect("the merged runs are still listed");
+        runs.splice(at..at + p.window.len(), replacement);
+        if runs.is_empty() {
+            manifest.remove(&p.group);
+        }
+        for run in &p.window {
+            shared.remove_run(run, &manifest)?;
+            removed += run.bytes;
+        }
     }
-    for run in &window {
-        shared.remove_run(run, &manifest)?;
-    }
-    let removed: u64 = window.iter().map(|r| r.bytes).sum();
     Ok(Some(written + removed))
+}
+
+/// A merge [`merge_some`] may do: the runs of `window` in `group`, newest first.
+struct Planned {
+    group: (u32, u16),
+    runs_in_group: usize,
+    reaches_oldest: bool,
+    window: Vec<RunMeta>,
 }
 
 #[cfg(test)]

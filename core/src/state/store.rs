@@ -669,7 +669,7 @@ impl StateStore {
     pub(crate) fn settle(&self) -> Result<(), StateError> {
         self.wait_applied()?;
         self.flush()?;
-        while self.shared.merge_one().is_some() {}
+        while self.shared.merge_some().is_some() {}
         Ok(())
     }
 }
@@ -707,7 +707,7 @@ fn writer_loop(shared: &Shared, jobs: &mpsc::Receiver<WriteJob>) {
             Ok(job) => job,
             Err(mpsc::TryRecvError::Disconnected) => return,
             Err(mpsc::TryRecvError::Empty) => {
-                if let Some(bytes) = shared.merge_one() {
+                if let Some(bytes) = shared.merge_some() {
                     merged_unflushed += bytes;
                     if merged_unflushed >= MERGE_FLUSH_BYTES {
                         shared.flush_merges(&mut merged_unflushed);
@@ -1070,14 +1070,14 @@ impl Shared {
     /// Merges the runs of one group that need it (see [`compaction`](super::compaction)),
     /// unless snapshot writes wait for their flush and runs do not pile up. Returns the bytes
     /// written and removed, `None` when it merged nothing.
-    fn merge_one(&self) -> Option<u64> {
+    fn merge_some(&self) -> Option<u64> {
         if self.merge_failed.load(Ordering::SeqCst) {
             return None;
         }
         if self.unflushed.load(Ordering::SeqCst) && !self.runs_pile_up() {
             return None;
         }
-        match super::compaction::merge_one(self) {
+        match super::compaction::merge_some(self) {
             Ok(merged) => merged,
             Err(error) => {
                 self.merge_failed(&error);
