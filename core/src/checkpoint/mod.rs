@@ -1,7 +1,8 @@
 //! Checkpoints: aligned barriers, records tied to queue offsets, and recovery.
 //!
 //! A job with checkpoints ([`JobConfig::with_checkpoints`](crate::runtime::JobConfig)) keeps
-//! its keyed state in sled under a state directory, and a coordinator takes a checkpoint every
+//! its keyed state on disk under a state directory (run files and a sled manifest, see
+//! [`StateStore`](crate::state::StateStore)), and a coordinator takes a checkpoint every
 //! [`CheckpointConfig::interval`] (and on demand, [`JobHandle::checkpoint`]):
 //!
 //! 1. it triggers epoch `n` at every source subtask;
@@ -66,7 +67,7 @@ pub struct CheckpointConfig {
     pub retained: usize,
     /// Which checkpoint to start from.
     pub restore: RestoreMode,
-    /// Most entries each keyed state keeps in memory before it writes its changes to sled
+    /// Most entries each keyed state keeps in memory before it writes its changes to disk
     /// and empties its cache (default: 1,000,000).
     pub cache_capacity: usize,
 }

@@ -1,14 +1,14 @@
 //! A typed working set in memory over the durable store: the table behind every durable state
 //! handle (and behind heap state that has a TTL).
 //!
-//! Reads go to the cache first and load from sled on a miss. Changes stay in the cache, marked
+//! Reads go to the cache first and load from the store on a miss. Changes stay in the cache, marked
 //! dirty, until [`CachedTable::snapshot`] copies them out and hands them to the store's writer
 //! thread, which encodes them and writes them as runs of the checkpoint's epoch: a checkpoint
 //! costs what changed, not what is stored, and the operator only pays for the copy (for the
 //! small values of most states, a fraction of the encoding). When the cache outgrows its capacity, its
 //! dirty entries are written as changes of the epoch in progress (they belong to the next
 //! checkpoint anyway), the table waits for that write, and is emptied: state larger than
-//! memory lives in sled.
+//! memory lives on disk.
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
@@ -324,7 +324,7 @@ where
         (expires_at > self.now()).then_some((expires_at, value))
     }
 
-    /// The key's slot, loaded from sled on a miss (a cached deletion or an absent key gives a
+    /// The key's slot, loaded from the store on a miss (a cached deletion or an absent key gives a
     /// slot with no value only if it is already cached).
     fn slot(&mut self, key: &K) -> Option<SlotRef<'_, V>> {
         let hash = hash_of(key);

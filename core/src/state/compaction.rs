@@ -14,9 +14,10 @@
 //! them are merged. A merge that reaches the group's oldest run also drops deletions (nothing older is
 //! left for them to hide).
 //!
-//! A merge writes the new run (its run file, fsynced, then its manifest entry) before it
-//! removes the runs it replaces: after a crash in between, both are there, with the same
-//! content.
+//! The writer merges in batches ([`merge_some`]): the groups with the most runs first, each
+//! group's new run appended to one run file, fsynced once, then listed in the manifest, and
+//! only then are the runs they replace removed: after a crash in between, both are there,
+//! with the same content.
 
 use std::ops::Range;
 

@@ -1,19 +1,19 @@
 //! Run files: where the chunks of runs live, outside sled.
 //!
-//! Each write of the store (one snapshot's changes of one state, or one merge's output) goes
-//! into a file of its own under `runs/`, written once, front to back, and never changed:
+//! Each write of the store (one snapshot's changes of one state, or one batch of merges)
+//! goes into a file of its own under `runs/`, written once, front to back, and never changed:
 //! sled keeps only the manifest (which run is where) and a few records. So the sled log a
 //! restart replays is the manifest's, not the state's: sled 0.34 writes its page table
 //! snapshot only when a database is opened, and with the chunks in it, the first restart
-//! after a long run replayed every byte written since the previous one (8.4 s for a state of
-//! 1.07 GB, against 2.3 to 2.8 s once the log was short).
+//! after a long run replayed every byte written since the previous open. With a state of
+//! 1.07 GB the store now opens in about 2 ms.
 //!
 //! Durability, in the order a crash needs:
 //! - A snapshot's file is fsynced by the store's next flush, before sled's: the checkpoint
 //!   record that makes its runs part of a checkpoint is written after that flush, and the runs
 //!   of an epoch no checkpoint completed are dropped on restart whatever their files hold.
-//! - A merge's file is fsynced before its run enters the manifest: the merge removes the runs
-//!   it replaces, and those removals may reach disk with sled's next write.
+//! - A merge batch's file is fsynced before its runs enter the manifest: the batch removes
+//!   the runs they replace, and those removals may reach disk with sled's next write.
 //! - A file no run refers to any more is deleted only after a flush has made that manifest
 //!   durable ([`RunFiles::delete_released`]); a crash before leaves it to the next open,
 //!   which deletes every file the manifest does not name.

@@ -1,12 +1,13 @@
 //! Keyed state for operators: value, map and list state behind traits, so that where the state
-//! lives (the heap, or sled for checkpointed jobs) changes without touching operator code.
+//! lives (the heap, or disk for checkpointed jobs) changes without touching operator code.
 //!
 //! Every handle is scoped to one operator subtask and takes the key explicitly; a subtask only
 //! ever sees the keys of its key groups. Keys and values are serde types so that the durable
 //! backend can store them.
 //!
-//! Durable state ([`StateBackend::Durable`]) keeps a working set in memory and versions in
-//! sled ([`StateStore`]); a checkpoint writes only what changed since the previous one. Every
+//! Durable state ([`StateBackend::Durable`]) keeps a working set in memory and versions on
+//! disk ([`StateStore`]: sorted runs in run files, listed by a manifest in sled); a checkpoint
+//! writes only what changed since the previous one. Every
 //! handle is also a [`KeyedState`], which the runtime snapshots at each checkpoint barrier
 //! through [`Operator::keyed_state`](crate::runtime::Operator::keyed_state).
 
@@ -170,7 +171,7 @@ pub enum StateBackend {
     /// In the subtask's memory, as typed values: the fastest; lost when the process stops.
     #[default]
     Heap,
-    /// A working set in memory over versions in sled: survives crashes through checkpoints,
+    /// A working set in memory over versions on disk: survives crashes through checkpoints,
     /// and may be larger than memory. Jobs with checkpoints use it.
     Durable(DurableBackend),
 }

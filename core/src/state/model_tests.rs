@@ -40,6 +40,8 @@ enum Op {
     ValueGetOrInsert(u16, u32),
     ValueRemove(u16),
     ValueKeys,
+    /// `for_each`: every key and value, the stored ones not cached.
+    ValueForEach,
     MapInsert(u16, u8, u32),
     MapGet(u16, u8),
     MapIncrement(u16, u8),
@@ -80,6 +82,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (k(), v()).prop_map(|(k, v)| Op::ValueGetOrInsert(k, v)),
         3 => k().prop_map(Op::ValueRemove),
         1 => Just(Op::ValueKeys),
+        1 => Just(Op::ValueForEach),
         6 => (k(), uk(), v()).prop_map(|(k, u, v)| Op::MapInsert(k, u, v)),
         2 => (k(), uk()).prop_map(|(k, u)| Op::MapGet(k, u)),
         2 => (k(), uk()).prop_map(|(k, u)| Op::MapIncrement(k, u)),
@@ -314,6 +317,25 @@ impl Run {
                 let Some(k) = self.key(k) else { return Ok(()) };
                 let got = self.h().value.remove(&k);
                 prop_assert_eq!(got, self.model.values.remove(&k));
+            }
+            Op::ValueForEach => {
+                let mut seen = BTreeMap::new();
+                let mut twice = None;
+                self.h().value.for_each(&mut |k, v| {
+                    if seen.insert(*k, *v).is_some() {
+                        twice = Some(*k);
+                    }
+                });
+                prop_assert_eq!(twice, None, "a key visited twice");
+                let subtask = self.subtask.clone();
+                let expected: BTreeMap<u16, u32> = self
+                    .model
+                    .values
+                    .iter()
+                    .filter(|(k, _)| owns(&subtask, **k))
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                prop_assert_eq!(seen, expected);
             }
             Op::ValueKeys => {
                 let mut keys = self.h().value.keys();

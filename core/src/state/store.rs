@@ -488,8 +488,9 @@ impl StateStore {
     /// Every key of `state` in `key_groups` with its newest visible value (deletions left
     /// out), as `(key bytes, value)`, in key order within each key group.
     ///
-    /// On more than one core, the two halves of the key groups are read in parallel: a
-    /// restore lists every key, and reading sled is most of its time.
+    /// On more than one core, the two halves of the key groups are read in parallel. (A
+    /// restore that visits every value uses [`scan_each`](Self::scan_each), which does not
+    /// gather them.)
     pub(crate) fn scan(
         &self,
         state: u32,
