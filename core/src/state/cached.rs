@@ -708,6 +708,22 @@ mod tests {
         CachedTable::new("values", Some(durable), None, 1 << 20)
     }
 
+    /// A table of `epoch` with the keys below `keys` set to `v<key>` (not yet snapshotted),
+    /// and the model of what it holds.
+    fn filled(
+        store: &Arc<StateStore>,
+        epoch: u64,
+        keys: u32,
+    ) -> (CachedTable<u32, String>, BTreeMap<u32, String>) {
+        let mut values = table(store, epoch);
+        let mut model = BTreeMap::new();
+        for k in 0..keys {
+            values.insert(k, format!("v{k}"));
+            model.insert(k, format!("v{k}"));
+        }
+        (values, model)
+    }
+
     /// What a table reads back for every key below `keys`, through a fresh table over the
     /// store (so from the store alone).
     fn stored(store: &Arc<StateStore>, keys: u32) -> BTreeMap<u32, String> {
@@ -725,14 +741,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(StateStore::open(dir.path()).unwrap());
         let first = store.begin_run(0).unwrap();
-        let mut values = table(&store, first);
-        let mut model = BTreeMap::new();
-
         // Many changes: every key is new.
-        for k in 0..KEYS {
-            values.insert(k, format!("v{k}"));
-            model.insert(k, format!("v{k}"));
-        }
+        let (mut values, mut model) = filled(&store, first, KEYS);
         assert!(
             values.changed.overflowed,
             "20,000 changed keys are not listed"
@@ -793,12 +803,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(StateStore::open(dir.path()).unwrap());
         let first = store.begin_run(0).unwrap();
-        let mut values = table(&store, first);
-        let mut model = BTreeMap::new();
-        for k in 0..KEYS {
-            values.insert(k, format!("v{k}"));
-            model.insert(k, format!("v{k}"));
-        }
+        let (mut values, mut model) = filled(&store, first, KEYS);
         values.snapshot(first).unwrap();
         store.flush().unwrap();
 

@@ -440,16 +440,9 @@ impl StateStore {
         self.wait_applied()?;
         let shared = &self.shared;
         let group_entries = |key_group: u32| -> Result<Vec<(IVec, IVec)>, StateError> {
-            let visibility = read(&shared.visibility);
-            let manifest = read(&shared.manifest);
             let mut out = Vec::new();
-            if let Some(runs) = manifest.get(&(state, key_group as u16)) {
-                let visible: Vec<&RunMeta> = runs
-                    .iter()
-                    .filter(|r| !visibility.is_aborted(r.key.epoch))
-                    .collect();
-                shared.merged_entries(&visible, true, &mut out)?;
-            }
+            let (manifest, visibility) = (read(&shared.manifest), read(&shared.visibility));
+            shared.visible_entries(&manifest, &visibility, (state, key_group), &mut out)?;
             Ok(out)
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -504,14 +497,7 @@ impl StateStore {
         let scan = |groups: RangeInclusive<u32>| -> Result<Vec<(IVec, IVec)>, StateError> {
             let mut out = Vec::new();
             for key_group in groups {
-                let Some(runs) = manifest.get(&(state, key_group as u16)) else {
-                    continue;
-                };
-                let visible: Vec<&RunMeta> = runs
-                    .iter()
-                    .filter(|r| !visibility.is_aborted(r.key.epoch))
-                    .collect();
-                shared.merged_entries(&visible, true, &mut out)?;
+                shared.visible_entries(&manifest, &visibility, (state, key_group), &mut out)?;
             }
             Ok(out)
         };
@@ -816,6 +802,25 @@ impl Shared {
             Place::Chunks(index) => index.chunks().try_for_each(add)?,
         }
         Ok(out)
+    }
+
+    /// The live entries of one group of one state, as a reader sees them (aborted epochs
+    /// left out, deletions dropped), in key order, appended to `out`.
+    fn visible_entries(
+        &self,
+        manifest: &Manifest,
+        visibility: &Visibility,
+        (state, key_group): (u32, u32),
+        out: &mut Vec<(IVec, IVec)>,
+    ) -> Result<(), StateError> {
+        let Some(runs) = manifest.get(&(state, key_group as u16)) else {
+            return Ok(());
+        };
+        let visible: Vec<&RunMeta> = runs
+            .iter()
+            .filter(|r| !visibility.is_aborted(r.key.epoch))
+            .collect();
+        self.merged_entries(&visible, true, out)
     }
 
     /// The entries of `runs` (newest first) merged: per key, the newest entry, in key
