@@ -88,15 +88,14 @@ pub(crate) fn merge_some(shared: &Shared) -> Result<Option<u64>, StateError> {
         return Ok(None);
     }
     planned.sort_by_key(|p| (std::cmp::Reverse(p.runs_in_group), p.group));
-    let mut input = 0;
-    let batch = planned
-        .iter()
-        .take_while(|p| {
-            let first = input == 0;
-            input += p.window.iter().map(|r| r.bytes).sum::<u64>();
-            first || input <= BATCH_INPUT_BYTES
-        })
-        .count();
+    let (mut batch, mut input) = (0, 0);
+    for p in &planned {
+        input += p.window.iter().map(|r| r.bytes).sum::<u64>();
+        if batch > 0 && input > BATCH_INPUT_BYTES {
+            break;
+        }
+        batch += 1;
+    }
     planned.truncate(batch);
 
     let mut out = None;

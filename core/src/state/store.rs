@@ -445,15 +445,6 @@ impl StateStore {
             shared.visible_entries(&manifest, &visibility, (state, key_group), &mut out)?;
             Ok(out)
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cores < 2 {
-            for key_group in key_groups {
-                for (key, value) in group_entries(key_group)? {
-                    f(&key, &value);
-                }
-            }
-            return Ok(());
-        }
         std::thread::scope(|scope| {
             // One group ahead: the reader never holds more than two groups' entries.
             let (groups, received) = mpsc::sync_channel(1);
@@ -1073,7 +1064,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Merges the runs of one group that need it (see [`compaction`](super::compaction)),
+    /// Merges a batch of the groups that need it (see [`compaction`](super::compaction)),
     /// unless snapshot writes wait for their flush and runs do not pile up. Returns the bytes
     /// written and removed, `None` when it merged nothing.
     fn merge_some(&self) -> Option<u64> {
