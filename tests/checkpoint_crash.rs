@@ -293,6 +293,12 @@ async fn totals_in(store: &Path, queue: &str, guarantee: DeliveryGuarantee) -> V
     totals
 }
 
+/// The pace of the killed runs: all their reading together takes `EVENTS / KILLED_RUN_RATE`
+/// = 25 s, well beyond the longest the 25 killed runs live together (13 of them at most
+/// 1.2 s, 12 a first checkpoint plus at most 150 ms: under 20 s), so no run reaches the end
+/// before its kill however fast the job restores. The final run reads what is left unpaced.
+const KILLED_RUN_RATE: u32 = 8_000;
+
 fn kill_and_restart(
     store: &Path,
     parallelism: impl Fn(&mut rand::rngs::ThreadRng) -> usize,
@@ -306,7 +312,7 @@ fn kill_and_restart(
             store,
             &state,
             "out",
-            20_000,
+            KILLED_RUN_RATE,
             parallelism(&mut rng),
             guarantee,
         );

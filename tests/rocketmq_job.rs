@@ -199,20 +199,22 @@ async fn a_checkpointed_job_writes_exactly_once_with_transactions_on_rocketmq() 
 
 /// Child: one run of the checkpointed job, killed by the tests below, with the exactly-once
 /// sink or the idempotent one.
-/// `OMSTREAM_TEST_CHILD` = `<url>|<input>|<output>|<state dir>|<exactly-once or idempotent>`.
+/// `OMSTREAM_TEST_CHILD` =
+/// `<url>|<input>|<output>|<state dir>|<exactly-once or idempotent>|<max rate, 0: none>`.
 #[test]
 #[ignore = "run only as a child process of the tests below"]
 fn child_job() {
     support::child::run_as_child(
         "omstream_core::connectors=info",
-        |[url, input, output, state, guarantee]| async move {
+        |[url, input, output, state, guarantee, rate]| async move {
             let ap = connect(&url, KeyValue::new()).await.unwrap();
             let state = std::path::Path::new(&state);
+            let rate: f64 = rate.parse().unwrap();
             if guarantee == "idempotent" {
                 let sink = OmsSinkConfig::new(ap.clone(), &output).idempotent();
-                checkpointed_run(IDEMPOTENT_CRASH_JOB, &ap, &input, sink, state, 600.0).await;
+                checkpointed_run(IDEMPOTENT_CRASH_JOB, &ap, &input, sink, state, rate).await;
             } else {
-                exactly_once_run(CRASH_JOB, &ap, &input, &output, state, 600.0).await;
+                exactly_once_run(CRASH_JOB, &ap, &input, &output, state, rate).await;
             }
         },
     );
@@ -221,8 +223,19 @@ fn child_job() {
 const CRASH_JOB: &str = "rocketmq-eo-crash";
 const IDEMPOTENT_CRASH_JOB: &str = "rocketmq-idempotent-crash";
 
-/// Runs the child job `guarantee` 4 times, each SIGKILLed after 1 to 3 s (of the 5 s a run
-/// takes), then once to the end. `on_line` sees every line the children log.
+/// The pace of the killed runs: all their reading together takes `EVENTS / KILLED_RUN_RATE`
+/// = 15 s, more than the longest the killed runs can live together (`KILLS` times the
+/// longest `KILL_AFTER_MS`, 12 s), so no run ends before its kill however fast the job
+/// restores. (Only the schedule of kills sets how long the test takes: the last run reads
+/// what is left unpaced.)
+const KILLED_RUN_RATE: f64 = 200.0;
+/// How many times the child job is killed.
+const KILLS: u64 = 4;
+/// How long a killed run lives, in milliseconds (a random duration in this range).
+const KILL_AFTER_MS: std::ops::Range<u64> = 1000..3000;
+
+/// Runs the child job `guarantee` `KILLS` times, each SIGKILLed after a random
+/// `KILL_AFTER_MS`, then once to the end, unpaced. `on_line` sees every line the children log.
 async fn kill_again_and_again(
     input: &str,
     out: &str,
@@ -234,15 +247,21 @@ async fn kill_again_and_again(
     use rand::Rng;
     let url = support::rocketmq::url();
     let state_dir = state.display().to_string();
-    let spawn = || {
-        let mut child = support::child::spawn_child(&[&url, input, out, &state_dir, guarantee]);
+    let spawn = |rate: f64| {
+        let rate = rate.to_string();
+        let mut child =
+            support::child::spawn_child(&[&url, input, out, &state_dir, guarantee, &rate]);
         let logs = support::child::follow(&mut child, on_line.clone());
         (child, logs)
     };
+    assert!(
+        (KILLS * KILL_AFTER_MS.end) as f64 / 1000.0 < EVENTS as f64 / KILLED_RUN_RATE,
+        "the killed runs could read every event before their kills"
+    );
     let mut rng = rand::rng();
-    for kill in 0..4 {
-        let (mut child, _) = spawn();
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+    for kill in 0..KILLS {
+        let (mut child, _) = spawn(KILLED_RUN_RATE);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(KILL_AFTER_MS))).await;
         assert!(
             child.try_wait().unwrap().is_none(),
             "the job ended before kill {kill}; make it longer"
@@ -255,7 +274,7 @@ async fn kill_again_and_again(
         !completed.is_empty(),
         "the killed runs completed checkpoints"
     );
-    let (last, logs) = spawn();
+    let (last, logs) = spawn(0.0);
     support::child::wait_done(last, "the final run");
     logs.join().unwrap();
 }
