@@ -695,7 +695,7 @@ async fn recovery() -> BenchResult<()> {
             if cold {
                 drop_page_cache()?;
             }
-            let child = restore_in_child(dir.path(), keys)?;
+            let child = restore_in_child(dir.path())?;
             println!(
                 "recovery     {what}: process start to first record at the sink {:.2} s (spawn() returned after {:.2} s, first record {:.2} s after spawn()); all {keys} restored windows fired after {:.2} s",
                 child.to_first,
@@ -732,12 +732,12 @@ struct RestoreTimes {
 /// Runs one restore of the recovery job's state in `dir` in a child process and reads what it
 /// measured. The child prints `first-record` when the sink sees its first record (the parent
 /// notes the time) and `restored <spawned> <to first> <all fired>` at the end.
-fn restore_in_child(dir: &Path, keys: u64) -> BenchResult<RestoreTimes> {
+/// The child inherits `OMSTREAM_BENCH_SCALE`, and so the number of keys.
+fn restore_in_child(dir: &Path) -> BenchResult<RestoreTimes> {
     use std::io::BufRead;
     let started = Instant::now();
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .env(RESTORE_CHILD, dir)
-        .env("OMSTREAM_BENCH_KEYS", keys.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("the child's stdout")?;
@@ -770,8 +770,9 @@ fn restore_in_child(dir: &Path, keys: u64) -> BenchResult<RestoreTimes> {
 /// state in `dir`. Its first input is the watermark that closes the first window, so the
 /// first record at the sink is the result of a restored key; then the watermark that closes
 /// them all, to check every key was restored.
-async fn restore_child(dir: &Path, keys: u64) -> BenchResult<()> {
+async fn restore_child(dir: &Path) -> BenchResult<()> {
     use std::io::Write;
+    let keys = scaled(KEYS) as u64;
     let (env, feeder, first) = recovery_job(dir);
     let started = Instant::now();
     let mut handle = env.spawn()?;
@@ -904,8 +905,7 @@ fn main() -> BenchResult<()> {
         .enable_all()
         .build()?;
     if let Some(dir) = std::env::var_os(RESTORE_CHILD) {
-        let keys: u64 = std::env::var("OMSTREAM_BENCH_KEYS")?.parse()?;
-        return runtime.block_on(restore_child(Path::new(&dir), keys));
+        return runtime.block_on(restore_child(Path::new(&dir)));
     }
     let wanted: Vec<String> = std::env::args()
         .skip(1)
